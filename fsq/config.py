@@ -1,0 +1,403 @@
+"""Settings: one registry, one resolution order.
+
+Precedence (highest first): CLI flag > ``FSQ_*`` environment variable > ``.env`` file in the
+working directory > built-in default.
+
+Every setting fsq understands is declared once in ``SETTINGS`` below, with its parser, default,
+help text and whether it is secret. ``env_example`` is checked against this list by the tests, and
+``fsq config show`` prints it with secrets masked. An unknown ``FSQ_*`` name or a malformed value
+is a ``ConfigError`` (exit 2) naming the setting.
+
+Secrets (passphrases, API keys, database URLs with passwords) are held in the Settings object but
+never rendered: ``masked()`` and ``repr()`` hide them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from fsq.errors import ConfigError
+
+# Names starting with this prefix are test-only switches; they are allowed in the environment,
+# never in .env, and each one prints a warning when set (see fsq.testonly).
+TESTONLY_PREFIX = "FSQ_TESTONLY_"
+
+
+# --- parsers -----------------------------------------------------------------------------------
+
+def _str(value: str) -> str:
+    return value
+
+
+def _opt_str(value: str) -> str | None:
+    return value if value != "" else None
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false (1/0, yes/no, on/off)")
+
+
+def _int_min(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if n < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return n
+
+    return parse
+
+
+def _float_min(minimum: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            n = float(value.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if n < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return n
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return v
+
+    return parse
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:14051")
+    return value
+
+
+def _paths(value: str) -> tuple[str, ...]:
+    return tuple(p for p in (s.strip() for s in value.split(",")) if p)
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                 # attribute name on Settings, e.g. "db"
+    default: Any              # already-parsed default (None = unset)
+    parse: Callable[[str], Any]
+    help: str
+    example: str = ""         # value shown in env_example
+    secret: bool = False      # never printed; "url" secrets are printed with the password masked
+    group: str = "general"
+
+    @property
+    def env(self) -> str:
+        return "FSQ_" + self.name.upper()
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    # general
+    S("db", "./fsq.db", _str, "SQLite state database (scan state, incidents, audit log).",
+      "./fsq.db"),
+    S("log_level", "info", _choice("debug", "info", "warning", "error"), "Log verbosity.",
+      "info"),
+    # scanning
+    S("source", None, _opt_str,
+      "Where pict-rs keeps its files: file:///path, sftp://user@host:port/path or "
+      "s3://bucket/prefix.", "file:///srv/lemmy/volumes/pictrs/files", group="scan"),
+    S("model", "ViT-L-14", _str,
+      "open_clip architecture name, or path to an open_clip model-config JSON file.",
+      "ViT-L-14", group="scan"),
+    S("pretrained", "openai", _str,
+      "open_clip pretrained tag (downloaded on machines with internet) or a local checkpoint "
+      "file.", "openai", group="scan"),
+    S("concepts", None, _opt_str,
+      "Concept-set TOML file; empty = the set shipped with fsq (calibrated for "
+      "ViT-L-14/openai).", "", group="scan"),
+    S("severity", "balanced", _choice("strict", "balanced", "lenient"),
+      "Shifts every threshold: strict -0.01, balanced 0, lenient +0.01.", "balanced",
+      group="scan"),
+    S("precision", "auto", _choice("auto", "fp32", "bf16", "fp16"),
+      "Inference precision. auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32.",
+      "auto", group="scan"),
+    S("device", "auto", _choice("auto", "cpu", "cuda"), "Inference device.", "auto",
+      group="scan"),
+    S("batch_size", 8, _int_min(1), "Images per model batch.", "8", group="scan"),
+    S("workers", 2, _int_min(1), "Fetch/decode worker threads.", "2", group="scan"),
+    S("threads", 0, _int_min(0), "torch intra-op threads (0 = torch's default).", "0",
+      group="scan"),
+    S("unreadable", "skip", _choice("skip", "flag"),
+      "What to do with files that cannot be decoded (videos, corrupt files): skip (count and "
+      "list them) or flag them for quarantine.", "skip", group="scan"),
+    S("max_pixels", 64_000_000, _int_min(1),
+      "Decompression-bomb guard: images claiming more pixels are unreadable.", "64000000",
+      group="scan"),
+    S("max_bytes", 200 * 1024 * 1024, _int_min(1),
+      "Files larger than this are not fetched (status error, reason too large).", "209715200",
+      group="scan"),
+    S("interval", 300, _int_min(1), "Seconds between passes of `fsq scan --daemon`.", "300",
+      group="scan"),
+    S("hash_lists", (), _paths,
+      "Comma-separated files of known-bad hashes (hex SHA-256 or MD5, one per line). A match "
+      "flags without running the model.", "", group="scan"),
+    S("cache_dir", None, _opt_str,
+      "Cache for text embeddings; empty = $XDG_CACHE_HOME/fsq or ~/.cache/fsq.", "",
+      group="scan"),
+    # vault
+    S("vault", "file://./quarantine", _str,
+      "Quarantine vault: file:///path (directory) or s3://bucket/prefix.",
+      "file://./quarantine", group="vault"),
+    S("vault_public_key", None, _opt_str,
+      "Vault public key file (all the scanner needs). Empty = ./keys/vault.pub.", "",
+      group="vault"),
+    S("vault_private_key", None, _opt_str,
+      "Passphrase-encrypted vault private key file, needed only to read evidence. "
+      "Empty = ./keys/vault.key.", "", group="vault"),
+    S("vault_passphrase", None, _opt_str,
+      "Passphrase of the private key. Prefer --passphrase-file or the prompt.", "",
+      secret=True, group="vault"),
+    S("vault_object_lock_mode", "governance", _choice("governance", "compliance", "off"),
+      "S3 vault with Object Lock: retention mode put on sealed objects.", "governance",
+      group="vault"),
+    # retention
+    S("retention_days", 365, _int_min(0),
+      "Days evidence is kept after an incident is reported (or quarantined, if never "
+      "reported). 365 = US 18 U.S.C. 2258A(h) preservation year.", "365", group="retention"),
+    # reports and linkage
+    S("reports_dir", "./reports", _str, "Where `fsq report` writes HTML reports.",
+      "./reports", group="reports"),
+    S("templates_dir", None, _opt_str,
+      "Directory of Jinja2 templates overriding the shipped ones.", "", group="reports"),
+    S("lemmy_database_url", None, _opt_str,
+      "Lemmy PostgreSQL URL (read-only use), for linking files to posts and accounts.",
+      "postgresql://lemmy_ro:PASSWORD@localhost:5432/lemmy", secret=True, group="reports"),
+    S("pictrs_database_url", None, _opt_str,
+      "pict-rs 0.5 PostgreSQL repo URL (read-only use).",
+      "postgresql://pictrs_ro:PASSWORD@localhost:5432/pictrs", secret=True, group="reports"),
+    S("pictrs_url", None, _opt_str, "pict-rs base URL for its internal API.",
+      "http://127.0.0.1:8080", group="reports"),
+    S("pictrs_api_key", None, _opt_str, "pict-rs PICTRS__SERVER__API_KEY.", "", secret=True,
+      group="reports"),
+    S("pictrs_purge_on_purge", False, _bool,
+      "On purge, also call pict-rs /internal/purge for the incident's aliases.", "false",
+      group="retention"),
+    S("instance_url", None, _opt_str,
+      "Public URL of the Lemmy instance (used for links in reports).",
+      "https://lemmy.example", group="reports"),
+    # S3
+    S("s3_endpoint", None, _opt_str,
+      "S3 endpoint URL for non-AWS stores (MinIO, Garage, ...).", "", group="s3"),
+    S("s3_region", None, _opt_str, "S3 region.", "", group="s3"),
+    S("s3_path_style", False, _bool, "Use path-style S3 addressing.", "false", group="s3"),
+    S("s3_profile", None, _opt_str, "AWS profile name for credentials.", "", group="s3"),
+    S("s3_delete_all_versions", True, _bool,
+      "On a versioned source bucket, quarantine deletes every version of the key.", "true",
+      group="s3"),
+    # SFTP
+    S("sftp_key_file", None, _opt_str, "SSH private key for SFTP sources.",
+      "~/.ssh/id_ed25519", group="sftp"),
+    S("sftp_key_passphrase", None, _opt_str, "Passphrase of the SSH key (or prompt).", "",
+      secret=True, group="sftp"),
+    S("sftp_known_hosts", "~/.ssh/known_hosts", _str, "known_hosts file checked for host keys.",
+      "~/.ssh/known_hosts", group="sftp"),
+    S("sftp_accept_new_host_key", False, _bool,
+      "Accept and record an unknown host key (never a changed one).", "false", group="sftp"),
+    # upload-time server
+    S("serve_listen", "127.0.0.1:14051", _listen, "Listen address of `fsq serve`.",
+      "127.0.0.1:14051", group="serve"),
+    S("serve_token", None, _opt_str,
+      "Shared token pict-rs must send (URL path /validate/TOKEN or X-Fsq-Token header).", "",
+      secret=True, group="serve"),
+    S("serve_max_body", 100 * 1024 * 1024, _int_min(1),
+      "Largest upload accepted by `fsq serve`, bytes (bigger -> 413).", "104857600",
+      group="serve"),
+    S("serve_on_error", "reject", _choice("accept", "reject"),
+      "Answer when the check itself fails or overloads.", "reject", group="serve"),
+    S("serve_timeout", 20.0, _float_min(0.1),
+      "Seconds a request may wait for its verdict (keep below pict-rs's 30 s).", "20",
+      group="serve"),
+    S("serve_queue", 64, _int_min(1), "Maximum queued uploads before overload policy applies.",
+      "64", group="serve"),
+    S("serve_batch_wait_ms", 10, _int_min(0),
+      "Milliseconds to gather concurrent uploads into one batch.", "10", group="serve"),
+)
+del S
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+_BY_ENV = {s.env: s for s in SETTINGS}
+
+
+def setting(name: str) -> Setting:
+    return _BY_NAME[name]
+
+
+# --- .env --------------------------------------------------------------------------------------
+
+_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a simple .env file: KEY=VALUE, '#' comments, optional single/double quotes."""
+    result: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return result
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc.__class__.__name__}; fix or remove it")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _DOTENV_LINE.match(line)
+        if not m:
+            raise ConfigError(f"{path}:{lineno}: not KEY=VALUE; fix or remove the line")
+        key, value = m.group(1), m.group(2)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        result[key] = value
+    return result
+
+
+# --- resolution --------------------------------------------------------------------------------
+
+def _unknown(name: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, list(_BY_ENV), n=1)
+    hint = f"; did you mean {close[0]}?" if close else "; see env_example for every setting"
+    return ConfigError(f"unknown setting {name} in {where}{hint}")
+
+
+def _parse(s: Setting, raw: str, where: str) -> Any:
+    try:
+        return s.parse(raw)
+    except ValueError as exc:
+        shown = "(hidden)" if s.secret else repr(raw)
+        raise ConfigError(f"{s.env}={shown} from {where}: {exc}") from None
+
+
+def mask_url(url: str) -> str:
+    """Hide the password (and only the password) of a URL like postgresql://u:p@h/db."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=userinfo + "@" + netloc[1]))
+
+
+class Settings:
+    """Resolved settings; attribute access by name (``settings.db``)."""
+
+    def __init__(self, values: dict[str, Any], origins: dict[str, str]) -> None:
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_origins", origins)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Settings are read-only; use replace()")
+
+    def replace(self, **changes: Any) -> "Settings":
+        values = dict(self._values)
+        origins = dict(self._origins)
+        for k, v in changes.items():
+            if k not in _BY_NAME:
+                raise KeyError(k)
+            values[k] = v
+            origins[k] = "override"
+        return Settings(values, origins)
+
+    def origin(self, name: str) -> str:
+        return self._origins[name]
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting with secrets hidden: safe to print or log."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            v = self._values[s.name]
+            if s.secret and v is not None:
+                v = mask_url(v) if "://" in str(v) else "***"
+            if isinstance(v, tuple):
+                v = list(v)
+            out[s.env] = v
+        return out
+
+    def __repr__(self) -> str:
+        return f"Settings({self.masked()!r})"
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve every setting. ``overrides`` are CLI values (None = not given)."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    dotenv = read_dotenv(cwd / ".env")
+
+    for name in dotenv:
+        if name.startswith(TESTONLY_PREFIX):
+            raise ConfigError(f"{name} is a test-only switch and may not be set in .env")
+        if name.startswith("FSQ_") and name not in _BY_ENV:
+            raise _unknown(name, str(cwd / ".env"))
+    for name in environ:
+        if name.startswith("FSQ_") and not name.startswith(TESTONLY_PREFIX) \
+                and name not in _BY_ENV:
+            raise _unknown(name, "the environment")
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    overrides = overrides or {}
+    for s in SETTINGS:
+        ov = overrides.get(s.name)
+        if ov is not None:
+            values[s.name] = _parse(s, ov, "the command line") if isinstance(ov, str) else ov
+            origins[s.name] = "flag"
+        elif s.env in environ:
+            values[s.name] = _parse(s, environ[s.env], "the environment")
+            origins[s.name] = "env"
+        elif s.env in dotenv:
+            values[s.name] = _parse(s, dotenv[s.env], ".env")
+            origins[s.name] = ".env"
+        else:
+            values[s.name] = s.default
+            origins[s.name] = "default"
+    unknown = set(overrides) - set(_BY_NAME)
+    if unknown:  # a programming error in a CLI command, not a user error
+        raise KeyError(f"unknown override(s): {sorted(unknown)}")
+    return Settings(values, origins)
+
+
+def env_example_names(text: str) -> Iterable[str]:
+    """Names of FSQ_* settings mentioned as assignments in an env_example text."""
+    for line in text.splitlines():
+        m = re.match(r"^\s*#?\s*(FSQ_[A-Z0-9_]+)=", line)
+        if m:
+            yield m.group(1)

@@ -1,0 +1,233 @@
+"""Local directory source (pict-rs filesystem store, e.g. /srv/lemmy/volumes/pictrs/files).
+
+Path safety (the invariant this module exists to keep): nothing outside the root is ever read,
+written or removed.
+
+* Listing walks with ``os.scandir`` and ``follow_symlinks=False``: a symlink (to a file or a
+  directory, inside or outside the root) is *listed* with a skip reason and never followed.
+  Other non-regular files (FIFOs, sockets, devices) are listed with a skip reason too.
+* Keys coming back from the database or the command line are validated by ``check_key`` and then
+  opened component by component relative to an ``O_DIRECTORY`` fd of the root with
+  ``O_NOFOLLOW``, so a symlink planted in an intermediate directory after listing cannot redirect
+  a read or a remove out of the root (no TOCTOU via path strings).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote, urlsplit
+
+from fsq.errors import SourceError, UsageError
+from fsq.sources.base import ObjectError, ObjectInfo, ObjectMissing, Source, check_key
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class LocalSource(Source):
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(os.path.abspath(root))
+        if not self.root.is_dir():
+            raise SourceError(f"source directory {self.root} does not exist or is not a "
+                              "directory; check --source / FSQ_SOURCE")
+        self.url = "file://" + str(self.root)
+
+    @classmethod
+    def from_url(cls, url: str) -> "LocalSource":
+        if url.startswith("file://"):
+            parts = urlsplit(url)
+            if parts.netloc not in ("", "localhost"):
+                # file://./x is accepted as a relative path for convenience
+                path = parts.netloc + unquote(parts.path)
+            else:
+                path = unquote(parts.path)
+        else:
+            path = url
+        if not path:
+            raise UsageError(f"source URL {url!r} has no path")
+        return cls(path)
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def list(self) -> Iterator[ObjectInfo]:
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            abs_dir = os.path.join(self.root, rel_dir) if rel_dir else str(self.root)
+            try:
+                it = os.scandir(abs_dir)
+            except PermissionError:
+                yield ObjectInfo(rel_dir or ".", 0, 0.0, "directory not readable (permission)")
+                continue
+            except FileNotFoundError:
+                continue  # removed while we walked
+            except OSError as exc:
+                raise SourceError(f"cannot list {abs_dir}: {exc.strerror}") from None
+            with it:
+                entries = sorted(it, key=lambda e: e.name)
+            for e in entries:
+                key = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    yield ObjectInfo(key, 0, 0.0, f"cannot stat: {exc.strerror}")
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(key)
+                elif stat.S_ISREG(st.st_mode):
+                    yield ObjectInfo(key, st.st_size, st.st_mtime)
+                elif stat.S_ISLNK(st.st_mode):
+                    yield ObjectInfo(key, 0, st.st_mtime, "symlink (never followed)")
+                else:
+                    yield ObjectInfo(key, 0, st.st_mtime, "not a regular file")
+
+    # -- safe path resolution -------------------------------------------------------------------
+
+    def _open_parent(self, key: str, create: bool = False) -> tuple[int, str]:
+        """fd of the directory holding ``key`` (walked with O_NOFOLLOW) and the last name."""
+        check_key(key)
+        parts = key.split("/")
+        try:
+            fd = os.open(self.root, _DIR_FLAGS)
+        except OSError as exc:
+            raise SourceError(f"cannot open source root {self.root}: {exc.strerror}") from None
+        try:
+            for seg in parts[:-1]:
+                try:
+                    nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise ObjectMissing(key) from None
+                    try:
+                        os.mkdir(seg, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise ObjectError(key, "path goes through a symlink or non-directory; "
+                                               "refusing") from None
+                    raise ObjectError(key, exc.strerror or str(exc)) from None
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, parts[-1]
+
+    def stat(self, key: str) -> ObjectInfo:
+        dfd, name = self._open_parent(key)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        except OSError as exc:
+            raise ObjectError(key, exc.strerror or str(exc)) from None
+        finally:
+            os.close(dfd)
+        if stat.S_ISLNK(st.st_mode):
+            return ObjectInfo(key, 0, st.st_mtime, "symlink (never followed)")
+        if not stat.S_ISREG(st.st_mode):
+            return ObjectInfo(key, 0, st.st_mtime, "not a regular file")
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def read(self, key: str, max_bytes: int | None = None) -> bytes:
+        dfd, name = self._open_parent(key)
+        try:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+            except FileNotFoundError:
+                raise ObjectMissing(key) from None
+            except PermissionError:
+                raise ObjectError(key, "permission denied") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise ObjectError(key, "is a symlink; refusing to follow") from None
+                raise ObjectError(key, exc.strerror or str(exc)) from None
+        finally:
+            os.close(dfd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ObjectError(key, "not a regular file")
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise ObjectError(key, f"too large ({st.st_size} bytes > {max_bytes})")
+            chunks = []
+            total = 0
+            while True:
+                b = os.read(fd, 1 << 20)
+                if not b:
+                    break
+                total += len(b)
+                if max_bytes is not None and total > max_bytes:
+                    raise ObjectError(key, f"too large (grew past {max_bytes} bytes)")
+                chunks.append(b)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise ObjectError(key, exc.strerror or str(exc)) from None
+        finally:
+            os.close(fd)
+
+    def remove(self, key: str) -> None:
+        try:
+            dfd, name = self._open_parent(key)
+        except ObjectMissing:
+            return
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise ObjectError(key, "not a regular file; refusing to remove")
+            os.unlink(name, dir_fd=dfd)
+            os.fsync(dfd)  # the unlink is durable before we record "source removed"
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            raise ObjectError(key, "permission denied removing the file") from None
+        finally:
+            os.close(dfd)
+
+    def write(self, key: str, data: bytes, *, overwrite: bool = False) -> None:
+        dfd, name = self._open_parent(key, create=True)
+        tmp = f".{name}.fsq-tmp-{os.getpid()}"
+        try:
+            if not overwrite:
+                try:
+                    os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    raise ObjectError(key, "something already exists at this key")
+                except FileNotFoundError:
+                    pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                         dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if overwrite:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            else:
+                # link() fails if the name appeared meanwhile: no silent overwrite
+                try:
+                    os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+                except FileExistsError:
+                    raise ObjectError(key, "something already exists at this key") from None
+                finally:
+                    os.unlink(tmp, dir_fd=dfd)
+            os.fsync(dfd)
+        except OSError as exc:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise ObjectError(key, exc.strerror or str(exc)) from None
+        finally:
+            os.close(dfd)
