@@ -1,0 +1,3 @@
+from fsq.cli.main import main
+
+main()

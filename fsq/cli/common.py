@@ -1,0 +1,132 @@
+"""Shared CLI plumbing: settings with flag overrides, database, output, logging, progress.
+
+Conventions every command follows (ARCHITECTURE.md "Interface conventions"):
+
+* Options that correspond to a setting default to None and are passed to ``load(...)`` as
+  overrides, so precedence is flag > FSQ_* env > .env > default.
+* Core code raises ``fsq.errors.FsqError``; ``fsq.cli.main`` turns it into one stderr line and
+  the exit code. Commands never call sys.exit themselves except through ``Exit``.
+* ``--json`` prints exactly one JSON document on stdout; human text goes to stdout, warnings and
+  progress to stderr.
+* Secrets never reach output: print ``settings.masked()`` values only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import time
+from typing import Any
+
+import click
+
+from fsq.config import Settings, load_settings
+from fsq.ledger import audit
+from fsq.ledger.db import connect
+
+
+class Exit(Exception):
+    """Leave with an exit code after output has been printed (no extra message)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def load(**overrides: Any) -> Settings:
+    settings = load_settings({k: v for k, v in overrides.items() if v is not None})
+    setup_logging(settings.log_level)
+    return settings
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger("fsq")
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                         "%Y-%m-%dT%H:%M:%SZ"))
+        logging.Formatter.converter = time.gmtime
+        root.addHandler(h)
+        root.propagate = False
+    root.setLevel(level.upper())
+
+
+def open_db(settings: Settings, *, create: bool = True) -> sqlite3.Connection:
+    return connect(settings.db, create=create)
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def warn(msg: str) -> None:
+    click.echo(f"fsq: warning: {msg}", err=True)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Plain fixed-width table (no colours: output is often piped or logged)."""
+    if not rows:
+        return ""
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout (for scripts).")(f)
+
+
+def db_option(f):
+    return click.option("--db", type=click.Path(dir_okay=False),
+                        help="State database (FSQ_DB, default ./fsq.db).")(f)
+
+
+def set_command(name: str) -> None:
+    audit.set_command(name)
+
+
+class Progress:
+    """count, rate and ETA on a terminal; a log line every ``every`` seconds otherwise."""
+
+    def __init__(self, label: str, *, every: float = 30.0, stream=None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every if not self.tty else 0.2
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.log = logging.getLogger("fsq.progress")
+
+    def __call__(self, summary: Any, total: int | None) -> None:
+        now = time.monotonic()
+        done = total is not None
+        if not done and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-9)
+        n = summary.scanned + summary.skipped
+        rate = n / elapsed
+        listed = summary.listed
+        eta = ""
+        if rate > 0 and listed > n:
+            eta = f" ETA {_fmt_s((listed - n) / rate)}"
+        text = (f"{self.label}: {n}/{listed} listed, {summary.flagged} flagged, "
+                f"{rate:.1f}/s{eta}")
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if done else ""))
+            self.stream.flush()
+        elif not done:
+            self.log.info(text)
+
+
+def _fmt_s(sec: float) -> str:
+    sec = int(sec)
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

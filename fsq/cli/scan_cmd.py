@@ -1,0 +1,136 @@
+"""`fsq scan`: one full pass (--all) or a daemon (--daemon) over a pict-rs store."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+
+from fsq.cli.common import Exit, Progress, db_option, echo_json, json_option, load, open_db, warn
+from fsq.errors import UsageError
+from fsq.runtime import build_quarantiner, build_scanner
+from fsq.sources.base import open_source
+
+log = logging.getLogger("fsq.scan")
+
+
+def classifier_options(f):
+    opts = [
+        click.option("--model", help="open_clip architecture (ViT-L-14) or model-config JSON "
+                                      "path [FSQ_MODEL]."),
+        click.option("--pretrained", help="open_clip tag (openai) or local checkpoint file "
+                                          "[FSQ_PRETRAINED]."),
+        click.option("--concepts", type=click.Path(dir_okay=False),
+                     help="Concept-set TOML [FSQ_CONCEPTS; default: shipped set]."),
+        click.option("--severity", type=click.Choice(["strict", "balanced", "lenient"]),
+                     help="Threshold shift [FSQ_SEVERITY, balanced]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     help="Inference precision [FSQ_PRECISION, auto]."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Inference device [FSQ_DEVICE, auto]."),
+        click.option("--batch-size", type=int, help="Images per model batch [FSQ_BATCH_SIZE]."),
+        click.option("--workers", type=int, help="Fetch/decode threads [FSQ_WORKERS]."),
+        click.option("--threads", type=int, help="torch threads, 0 = default [FSQ_THREADS]."),
+        click.option("--unreadable", type=click.Choice(["skip", "flag"]),
+                     help="Undecodable files: skip (count, list) or flag [FSQ_UNREADABLE]."),
+        click.option("--hash-list", "hash_lists", multiple=True, type=click.Path(),
+                     help="Known-bad hash list file (repeatable) [FSQ_HASH_LISTS]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def print_summary(s, as_json: bool) -> None:
+    if as_json:
+        echo_json(s.to_json())
+        return
+    click.echo(f"run {s.run_id}: {s.status} in {s.seconds:.1f}s: listed {s.listed}, "
+               f"scanned {s.scanned}, skipped {s.skipped}, clean {s.clean}, "
+               f"flagged {s.flagged}, unreadable {s.unreadable}, errors {s.errors}"
+               + (f", quarantined {s.quarantined}" if not s.dry_run else " (dry run)")
+               + (f", quarantine failed {s.quarantine_failed}" if s.quarantine_failed else ""))
+    shown = [p for p in s.problems if p["status"] != "skipped" or "symlink" in p["reason"]
+             or "regular" in p["reason"]]
+    for p in shown[:50]:
+        click.echo(f"  {p['status']:<12} {p['key']}: {p['reason']}")
+    if len(shown) > 50:
+        click.echo(f"  ... and {len(shown) - 50} more (see `fsq flagged` / --json)")
+
+
+@click.command("scan")
+@click.option("--all", "mode_all", is_flag=True, help="One full pass over the store (default).")
+@click.option("--daemon", is_flag=True, help="Repeat every --interval seconds; a persistent "
+                                             "cursor covers downtime.")
+@click.option("--source", help="file:///path, sftp://user@host:port/path or s3://bucket/prefix "
+                               "[FSQ_SOURCE].")
+@click.option("--dry-run", is_flag=True, help="Record verdicts; quarantine nothing.")
+@click.option("--rescan", is_flag=True, help="Fetch and classify again even unchanged keys.")
+@click.option("--interval", type=int, help="Seconds between daemon passes [FSQ_INTERVAL].")
+@click.option("--vault", help="Vault URL [FSQ_VAULT, file://./quarantine].")
+@click.option("--vault-public-key", type=click.Path(dir_okay=False),
+              help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")
+@classifier_options
+@db_option
+@json_option
+def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_public_key, model,
+         pretrained, concepts, severity, precision, device, batch_size, workers, threads,
+         unreadable, hash_lists, db, as_json):
+    """Scan a pict-rs store, classify new images, quarantine what is flagged.
+
+    Without --dry-run flagged files are sealed into the vault (only the vault *public* key is
+    needed) and removed from the store once the sealed copy is verified.
+
+    \b
+    Examples:
+      fsq scan --all --dry-run --source file:///srv/lemmy/volumes/pictrs/files
+      fsq scan --daemon --interval 600 --source s3://pictrs-bucket
+      fsq scan --all --model ./cfg.json --pretrained ./weights.pt --json
+    """
+    if mode_all and daemon:
+        raise UsageError("--all and --daemon exclude each other; pick one")
+    settings = load(source=source, interval=interval, vault=vault,
+                    vault_public_key=vault_public_key, model=model, pretrained=pretrained,
+                    concepts=concepts, severity=severity, precision=precision, device=device,
+                    batch_size=batch_size, workers=workers, threads=threads,
+                    unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db)
+    actor = None if dry_run else build_quarantiner(settings)
+    conn = open_db(settings)
+    src = open_source(settings.source, settings)
+    if actor is not None:
+        actor.recover(conn, {src.url: src})  # finish moves a crash left half-done
+    progress = Progress("scan")
+    scanner = build_scanner(settings, conn, src, dry_run=dry_run, rescan=rescan,
+                            mode="daemon" if daemon else "all", progress=progress, actor=actor)
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        warn(f"signal {signum}: finishing the items in flight, then stopping")
+        stop.set()
+        scanner.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    if daemon:
+        signal.signal(signal.SIGINT, _on_signal)
+    try:
+        while True:
+            summary = scanner.run_pass()
+            print_summary(summary, as_json)
+            if not daemon or stop.is_set():
+                break
+            scanner.cfg.rescan = False
+            log.info("next pass in %ss", settings.interval)
+            if stop.wait(settings.interval):
+                break
+    finally:
+        src.close()
+        conn.close()
+    if summary.status == "interrupted":
+        raise Exit(130 if not daemon else 0)
+    if summary.quarantine_failed:
+        raise Exit(3)
+
+
+COMMANDS = [scan]

@@ -1,0 +1,401 @@
+"""The scan loop (ARCHITECTURE.md "Data flow"). Knows nothing of click.
+
+    list -> unchanged? skip -> fetch (RAM) -> sha256/md5 -> allowlist / hash lists / cached
+    verdict -> decode -> preprocess -> classify in batches -> record -> act
+
+Threads: the listing runs in the caller's thread; fetch, hash, decode and preprocess run on a
+small pool of worker threads (Pillow and hashlib release the GIL), so they overlap with model
+inference, which runs in the caller's thread and uses torch's own intra-op threads. The number
+of objects in flight is bounded (``_inflight``), so memory stays flat on a store of millions.
+
+The caller's thread is the only writer to the state database. Workers read through their own
+connections (WAL allows concurrent readers).
+
+Invariant 6: every object that is not skipped ends as clean, flagged, unreadable or error, with
+a reason, and the summary counts them. Exceptions of the *storage itself* (SourceError) stop the
+pass and are re-raised after the run is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol
+
+from fsq.decode import Decoded, Unreadable, decode, hashes
+from fsq.errors import FsqError
+from fsq.ledger import audit, state
+from fsq.ledger.db import connect, transaction
+from fsq.sources.base import ObjectError, ObjectInfo, Source
+
+log = logging.getLogger("fsq.scan")
+
+# How far back of the previous pass's listing start the daemon still re-checks objects
+# (clock skew between this host and the store, S3 LastModified = upload start).
+CURSOR_MARGIN_S = 900.0
+
+
+@dataclass
+class Summary:
+    run_id: int | None = None
+    listed: int = 0
+    scanned: int = 0
+    skipped: int = 0
+    clean: int = 0
+    flagged: int = 0
+    unreadable: int = 0
+    errors: int = 0
+    classified: int = 0       # went through the model
+    reused: int = 0           # identical content already had a verdict
+    quarantined: int = 0
+    quarantine_failed: int = 0
+    dry_run: bool = False
+    status: str = "running"
+    seconds: float = 0.0
+    problems: list[dict[str, str]] = field(default_factory=list)  # unreadable/error/skipped
+
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in (
+            "listed", "scanned", "skipped", "clean", "flagged", "unreadable", "errors",
+            "classified", "reused", "quarantined", "quarantine_failed")}
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+class Classifier(Protocol):
+    """What the pipeline needs from fsq.classify.clip.ClipClassifier."""
+
+    model_id: str
+
+    def preprocess(self, img: Any) -> Any: ...
+
+    def classify_items(self, items: list[list[Any]]) -> list[tuple[Any, int]]: ...
+
+
+class Actor(Protocol):
+    """Acts on a flagged object (fsq.quarantine.move.Quarantiner)."""
+
+    def quarantine(self, conn: sqlite3.Connection, *, source: Source, object_id: int,
+                   key: str, data: bytes, sha256: str, md5: str, incident_id: int,
+                   media_type: str | None) -> None: ...
+
+
+@dataclass
+class ScanConfig:
+    dry_run: bool = True
+    rescan: bool = False
+    unreadable: str = "skip"           # skip | flag
+    max_bytes: int = 200 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    batch_size: int = 8
+    workers: int = 2
+    mode: str = "all"                  # all | daemon
+    hash_lists: tuple[str, ...] = ()
+    concepts_digest: str | None = None
+    severity: str | None = None
+    rule_version: str | None = None
+
+
+@dataclass
+class _Item:
+    info: ObjectInfo
+    object_id: int
+    data: bytes | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    verdict: state.VerdictRecord | None = None   # decided without the model
+    decoded: Decoded | None = None
+    tensors: list[Any] | None = None
+    error: str | None = None
+
+
+def load_hash_lists(paths: tuple[str, ...]) -> dict[str, str]:
+    """hex digest -> list file name. Lines: hex sha256 (64) or md5 (32); '#' comments."""
+    from fsq.errors import ConfigError
+    known: dict[str, str] = {}
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    h = line.split("#", 1)[0].strip().lower()
+                    if not h:
+                        continue
+                    h = h.split()[0]
+                    if len(h) not in (32, 64) or any(c not in "0123456789abcdef" for c in h):
+                        raise ConfigError(f"{p}:{n}: not a hex MD5 or SHA-256 "
+                                          "(FSQ_HASH_LISTS)")
+                    known[h] = p.rsplit("/", 1)[-1]
+        except OSError as exc:
+            raise ConfigError(f"cannot read hash list {p} (FSQ_HASH_LISTS): "
+                              f"{exc.strerror}") from None
+    return known
+
+
+class Scanner:
+    def __init__(self, conn: sqlite3.Connection, source: Source, config: ScanConfig, *,
+                 classifier_factory: Callable[[], Classifier],
+                 actor: Actor | None = None,
+                 progress: Callable[[Summary, int | None], None] | None = None,
+                 db_path: str | None = None) -> None:
+        self.conn = conn
+        self.source = source
+        self.cfg = config
+        self._factory = classifier_factory
+        self._classifier: Classifier | None = None
+        self._clf_lock = threading.Lock()
+        self.actor = actor
+        self.progress = progress
+        self.db_path = db_path
+        self.known = load_hash_lists(config.hash_lists)
+        self._local = threading.local()
+        self._stop = threading.Event()
+
+    # -- classifier (loaded on first need: a rescan of an unchanged store never loads it) ----
+
+    @property
+    def classifier(self) -> Classifier:
+        if self._classifier is None:
+            with self._clf_lock:
+                if self._classifier is None:
+                    self._classifier = self._factory()
+        return self._classifier
+
+    def stop(self) -> None:
+        """Ask a running pass to stop after the items in flight (SIGTERM/SIGINT)."""
+        self._stop.set()
+
+    # -- worker side ------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = connect(self.db_path) if self.db_path else self.conn
+            self._local.conn = c
+        return c
+
+    def _prepare(self, item: _Item) -> _Item:
+        """Runs on a worker thread: fetch, hash, cheap checks, decode, preprocess."""
+        try:
+            data = self.source.read(item.info.key, max_bytes=self.cfg.max_bytes)
+        except ObjectError as exc:
+            item.error = exc.reason
+            return item
+        item.data = data
+        item.sha256, item.md5 = hashes(data)
+        db = self._reader()
+        if state.is_allowlisted(db, item.sha256):
+            item.verdict = state.VerdictRecord("clean", "allowlist",
+                                               "content is allowlisted (released earlier)")
+            return item
+        hit = self.known.get(item.sha256) or self.known.get(item.md5)
+        if hit:
+            matched = "sha256" if item.sha256 in self.known else "md5"
+            item.verdict = state.VerdictRecord(
+                "flagged", "hash-list", f"{matched} listed in {hit}",
+                details={"hash_list": hit, "matched": matched})
+            return item
+        if not self.cfg.rescan:
+            cached = state.cached_verdict(db, item.sha256)
+            if cached is not None:
+                item.verdict = state.VerdictRecord(
+                    cached["outcome"], "cache", cached["reason"],
+                    details={"reused_verdict": cached["id"]})
+                item.verdict.media_type = cached["media_type"]
+                return item
+        try:
+            item.decoded = decode(data, max_pixels=self.cfg.max_pixels)
+        except Unreadable as exc:
+            if self.cfg.unreadable == "flag":
+                item.verdict = state.VerdictRecord(
+                    "flagged", "unreadable-policy", f"unreadable: {exc.reason}",
+                    media_type=exc.media_type)
+            else:
+                item.verdict = state.VerdictRecord("unreadable", "decode", exc.reason,
+                                                   media_type=exc.media_type)
+            return item
+        clf = self.classifier
+        item.tensors = [clf.preprocess(f) for f in item.decoded.frames]
+        item.decoded.frames = []  # free the PIL frames; tensors are what we keep
+        return item
+
+    # -- the pass ---------------------------------------------------------------------------
+
+    def run_pass(self) -> Summary:
+        s = Summary(dry_run=self.cfg.dry_run)
+        t0 = time.monotonic()
+        src = self.source.url
+        run_id = state.start_run(self.conn, src, self.cfg.mode, self.cfg.dry_run)
+        s.run_id = run_id
+        since = None
+        if self.cfg.mode == "daemon" and not self.cfg.rescan:
+            cur = state.get_cursor(self.conn, src)
+            since = None if cur is None else cur - CURSOR_MARGIN_S
+        listing_started = time.time()
+        pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="fsq-fetch")
+        inflight: deque[Future[_Item]] = deque()
+        limit = max(4, self.cfg.workers * 2 + self.cfg.batch_size * 2)
+        ready: list[_Item] = []
+        status = "finished"
+        error: str | None = None
+        try:
+            for info in self._listing(since):
+                if self._stop.is_set():
+                    status = "interrupted"
+                    break
+                s.listed += 1
+                item = self._admit(info, s, run_id)
+                if item is not None:
+                    inflight.append(pool.submit(self._prepare, item))
+                while inflight and (len(inflight) >= limit or inflight[0].done()):
+                    ready.append(inflight.popleft().result())
+                    ready = self._drain(ready, s, final=False)
+                if self.progress:
+                    self.progress(s, None)
+            while inflight:
+                ready.append(inflight.popleft().result())
+                ready = self._drain(ready, s, final=False)
+            self._drain(ready, s, final=True)
+            if status == "finished":
+                with transaction(self.conn):
+                    state.set_cursor(self.conn, src, listing_started)
+        except BaseException as exc:
+            status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+            error = str(exc) if isinstance(exc, FsqError) else exc.__class__.__name__
+            for f in inflight:
+                f.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            s.status = status
+            s.seconds = time.monotonic() - t0
+            try:
+                state.finish_run(self.conn, run_id, status, s.counts(), error)
+            except sqlite3.Error:  # never mask the original failure
+                log.exception("could not record the end of run %s", run_id)
+            if self.progress:
+                self.progress(s, s.listed)
+        return s
+
+    def _listing(self, since: float | None):
+        for info in self.source.list():
+            if since is not None and info.skip_reason is None and info.mtime < since:
+                # Existed before the previous complete pass began listing: seen then.
+                continue
+            yield info
+
+    def _admit(self, info: ObjectInfo, s: Summary, run_id: int) -> _Item | None:
+        """Decide in the writer thread whether an object needs fetching."""
+        row = state.get_object(self.conn, self.source.url, info.key)
+        if info.skip_reason is not None:
+            oid = state.touch_object(self.conn, self.source.url, info.key, info.size,
+                                     info.mtime, run_id)
+            if row is None or row["status"] != "skipped" or row["reason"] != info.skip_reason:
+                state.set_object_result(self.conn, oid, status="skipped",
+                                        reason=info.skip_reason)
+            s.skipped += 1
+            s.problems.append({"key": info.key, "status": "skipped",
+                               "reason": info.skip_reason})
+            return None
+        if not self.cfg.rescan and state.unchanged(row, info.size, info.mtime):
+            s.skipped += 1
+            return None
+        oid = state.touch_object(self.conn, self.source.url, info.key, info.size, info.mtime,
+                                 run_id)
+        return _Item(info, oid)
+
+    def _drain(self, ready: list[_Item], s: Summary, final: bool) -> list[_Item]:
+        """Record items that need no model now; classify the rest in batches."""
+        pending: list[_Item] = []
+        for it in ready:
+            if it.tensors is None:
+                self._record(it, s)
+            else:
+                pending.append(it)
+        frames = sum(len(it.tensors or ()) for it in pending)
+        if pending and (final or frames >= self.cfg.batch_size):
+            self._classify(pending, s)
+            pending = []
+        return pending
+
+    def _classify(self, items: list[_Item], s: Summary) -> None:
+        clf = self.classifier
+        # Identical content twice in one batch/run: classify once.
+        results = clf.classify_items([it.tensors for it in items])
+        for it, (decision, frame) in zip(items, results):
+            d = it.decoded
+            assert d is not None
+            details = decision.to_json()
+            details["frame"] = d.sampled[frame] if d.sampled else frame
+            details["frames_sampled"] = d.sampled
+            it.verdict = state.VerdictRecord(
+                "flagged" if decision.flagged else "clean", "clip",
+                _reason(decision), model_id=clf.model_id,
+                concepts_digest=self.cfg.concepts_digest, severity=self.cfg.severity,
+                rule_version=self.cfg.rule_version, media_type=d.media_type, width=d.width,
+                height=d.height, frames=d.n_frames, details=details)
+            it.tensors = None
+            s.classified += 1
+            self._record(it, s)
+
+    def _record(self, it: _Item, s: Summary) -> None:
+        key = it.info.key
+        s.scanned += 1
+        if it.error is not None:
+            state.set_object_result(self.conn, it.object_id, status="error", reason=it.error)
+            s.errors += 1
+            s.problems.append({"key": key, "status": "error", "reason": it.error})
+            return
+        v = it.verdict
+        assert v is not None and it.sha256 is not None and it.md5 is not None
+        if v.method == "cache":
+            s.reused += 1
+        with transaction(self.conn):
+            vid = state.insert_verdict(self.conn, it.sha256, v)
+            state.set_object_result(self.conn, it.object_id, status=v.outcome, reason=v.reason,
+                                    size=len(it.data or b""), sha256=it.sha256, md5=it.md5,
+                                    media_type=v.media_type, verdict_id=vid)
+            incident_id = None
+            if v.outcome == "flagged":
+                incident_id, _ = state.ensure_incident(
+                    self.conn, sha256=it.sha256, md5=it.md5, size=len(it.data or b""),
+                    media_type=v.media_type, width=v.width, height=v.height, verdict_id=vid)
+                audit.append(self.conn, "flagged", f"incident:{incident_id}",
+                             {"source": self.source.url, "key": key, "sha256": it.sha256,
+                              "verdict_id": vid, "method": v.method, "reason": v.reason,
+                              "dry_run": self.cfg.dry_run})
+        if v.outcome == "clean":
+            s.clean += 1
+        elif v.outcome == "unreadable":
+            s.unreadable += 1
+            s.problems.append({"key": key, "status": "unreadable", "reason": v.reason or ""})
+        elif v.outcome == "flagged":
+            s.flagged += 1
+            if not self.cfg.dry_run and self.actor is not None:
+                try:
+                    self.actor.quarantine(self.conn, source=self.source,
+                                          object_id=it.object_id, key=key, data=it.data or b"",
+                                          sha256=it.sha256, md5=it.md5,
+                                          incident_id=int(incident_id),  # type: ignore[arg-type]
+                                          media_type=v.media_type)
+                    s.quarantined += 1
+                except ObjectError as exc:
+                    s.quarantine_failed += 1
+                    s.problems.append({"key": key, "status": "quarantine-failed",
+                                       "reason": exc.reason})
+                    log.warning("could not quarantine %s: %s", key, exc.reason)
+        it.data = None
+
+
+def _reason(decision: Any) -> str:
+    fired = [f["text"] for f in getattr(decision, "fired", [])]
+    if decision.flagged:
+        return "concept rule: " + ", ".join(fired)
+    return "below rule" + (f" (fired: {', '.join(fired)})" if fired else "")

@@ -1,0 +1,73 @@
+"""Wiring from Settings to the core objects (classifier, scanner, vault, quarantiner).
+
+Shared by the CLI commands, ``fsq demo``, ``fsq serve`` and the benchmark, so that every entry
+point builds the same objects the same way. Heavy imports (torch) happen only when a
+classifier is actually built.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+from fsq.config import Settings
+from fsq.pipeline import ScanConfig, Scanner
+from fsq.sources.base import Source
+
+DEFAULT_KEY_DIR = Path("keys")
+DEFAULT_PUBLIC = DEFAULT_KEY_DIR / "vault.pub"
+DEFAULT_PRIVATE = DEFAULT_KEY_DIR / "vault.key"
+
+
+def public_key_path(settings: Settings) -> Path:
+    return Path(settings.vault_public_key).expanduser() if settings.vault_public_key \
+        else DEFAULT_PUBLIC
+
+
+def private_key_path(settings: Settings) -> Path:
+    return Path(settings.vault_private_key).expanduser() if settings.vault_private_key \
+        else DEFAULT_PRIVATE
+
+
+def load_concept_set(settings: Settings):
+    from fsq.classify.concepts import load_concepts
+    return load_concepts(settings.concepts)
+
+
+def build_classifier(settings: Settings, concepts=None):
+    from fsq.classify.clip import ClipClassifier
+    return ClipClassifier(
+        model=settings.model, pretrained=settings.pretrained,
+        concepts=concepts if concepts is not None else load_concept_set(settings),
+        severity=settings.severity, precision=settings.precision, device=settings.device,
+        cache_dir=settings.cache_dir, threads=settings.threads)
+
+
+def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
+                concepts=None) -> ScanConfig:
+    from fsq.classify.rule import RULE_VERSION
+    cs = concepts if concepts is not None else load_concept_set(settings)
+    return ScanConfig(
+        dry_run=dry_run, rescan=rescan, unreadable=settings.unreadable,
+        max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
+        batch_size=settings.batch_size, workers=settings.workers, mode=mode,
+        hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
+        severity=settings.severity, rule_version=RULE_VERSION)
+
+
+def build_quarantiner(settings: Settings):
+    from fsq.quarantine.move import Quarantiner
+    return Quarantiner.from_settings(settings)
+
+
+def build_scanner(settings: Settings, conn: sqlite3.Connection, source: Source, *,
+                  dry_run: bool, rescan: bool = False, mode: str = "all",
+                  progress: Callable[..., None] | None = None,
+                  actor: Any = None) -> Scanner:
+    # Concept-file errors must surface before any listing starts (exit 2 at once).
+    concepts = load_concept_set(settings)
+    cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts)
+    return Scanner(conn, source, cfg,
+                   classifier_factory=lambda: build_classifier(settings, concepts),
+                   actor=actor, progress=progress, db_path=settings.db)
