@@ -401,3 +401,36 @@ def env_example_names(text: str) -> Iterable[str]:
         m = re.match(r"^\s*#?\s*(FSQ_[A-Z0-9_]+)=", line)
         if m:
             yield m.group(1)
+
+
+_GROUP_TITLES = {
+    "general": "General", "scan": "Scanning and classification", "vault": "Quarantine vault",
+    "retention": "Retention, legal hold and purge", "reports": "Reports and Lemmy/pict-rs linkage",
+    "s3": "S3-compatible object storage (source or vault)", "sftp": "SSH/SFTP source",
+    "serve": "Upload-time checking (fsq serve, pict-rs external validation)",
+}
+
+
+def render_env_example() -> str:
+    """The text of env_example, generated from SETTINGS (tests keep the file in sync)."""
+    import textwrap
+    out = ["# fsq settings. Copy to .env in the working directory (or export as environment",
+           "# variables) and uncomment what you change. Precedence: command-line flag >",
+           "# FSQ_* environment > .env > default. Unknown FSQ_* names are an error.",
+           "# Secrets (marked) are never printed; prefer files/prompts for passphrases.", ""]
+    for group, title in _GROUP_TITLES.items():
+        out.append(f"# === {title} ===")
+        for s in SETTINGS:
+            if s.group != group:
+                continue
+            for line in textwrap.wrap(s.help + (" [secret]" if s.secret else ""), 92):
+                out.append(f"# {line}")
+            default = s.default
+            if isinstance(default, tuple):
+                default = ",".join(default)
+            elif isinstance(default, bool):
+                default = "true" if default else "false"
+            out.append(f"#   default: {'(unset)' if default in (None, '') else default}")
+            out.append(f"# {s.env}={s.example}")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -130,3 +130,47 @@ def _fmt_s(sec: float) -> str:
     h, rem = divmod(sec, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def passphrase_file_option(f):
+    return click.option("--passphrase-file", type=click.Path(dir_okay=False),
+                        help="File holding the vault passphrase (else FSQ_VAULT_PASSPHRASE or "
+                             "a prompt; giving both is an error).")(f)
+
+
+def private_key(settings: Settings, passphrase_file: str | None):
+    """Load the vault private key (prompting if needed). Audited by the caller."""
+    from fsq.quarantine.keys import load_private_key
+    from fsq.runtime import private_key_path
+    from fsq.secrets import get_passphrase
+    path = private_key_path(settings)
+    pw = get_passphrase(env=settings.vault_passphrase, file=passphrase_file, prompt=True)
+    return load_private_key(path, pw)
+
+
+class VaultCache:
+    """Open each vault/source URL once per command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._vaults: dict[str, Any] = {}
+        self._sources: dict[str, Any] = {}
+
+    def vault(self, url: str):
+        from fsq.quarantine.store import open_vault
+        if url not in self._vaults:
+            self._vaults[url] = open_vault(url, self.settings)
+        return self._vaults[url]
+
+    def source(self, url: str):
+        from fsq.sources.base import open_source
+        if url not in self._sources:
+            self._sources[url] = open_source(url, self.settings)
+        return self._sources[url]
+
+    def close(self) -> None:
+        for s in list(self._sources.values()) + list(self._vaults.values()):
+            try:
+                s.close()
+            except Exception:
+                pass

@@ -73,6 +73,9 @@ COMMAND_MODULES = [
     "fsq.cli.flagged_cmd",
     "fsq.cli.config_cmd",
     "fsq.cli.demo_cmd",
+    "fsq.cli.quarantine_cmd",
+    "fsq.cli.incidents_cmd",
+    "fsq.cli.audit_cmd",
 ]
 
 

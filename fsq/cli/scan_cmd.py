@@ -117,6 +117,13 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
     try:
         while True:
             summary = scanner.run_pass()
+            if actor is not None and summary.status == "finished":
+                # Flagged earlier but not yet quarantined (dry runs, failed moves): act now.
+                res = actor.apply_pending(conn, src)
+                summary.quarantined += res["quarantined"]
+                summary.quarantine_failed += res["failed"]
+                summary.problems.extend({"key": p["key"], "status": "quarantine-failed",
+                                         "reason": p["reason"]} for p in res["problems"])
             print_summary(summary, as_json)
             if not daemon or stop.is_set():
                 break
