@@ -190,37 +190,14 @@ class Scanner:
             return item
         item.data = data
         item.sha256, item.md5 = hashes(data)
-        db = self._reader()
-        if state.is_allowlisted(db, item.sha256):
-            item.verdict = state.VerdictRecord("clean", "allowlist",
-                                               "content is allowlisted (released earlier)")
+        item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
+                                use_cache=not self.cfg.rescan)
+        if item.verdict is not None:
             return item
-        hit = self.known.get(item.sha256) or self.known.get(item.md5)
-        if hit:
-            matched = "sha256" if item.sha256 in self.known else "md5"
-            item.verdict = state.VerdictRecord(
-                "flagged", "hash-list", f"{matched} listed in {hit}",
-                details={"hash_list": hit, "matched": matched})
+        item.decoded, item.verdict = decode_or_verdict(data, self.cfg)
+        if item.verdict is not None:
             return item
-        if not self.cfg.rescan:
-            cached = state.cached_verdict(db, item.sha256)
-            if cached is not None:
-                item.verdict = state.VerdictRecord(
-                    cached["outcome"], "cache", cached["reason"],
-                    details={"reused_verdict": cached["id"]})
-                item.verdict.media_type = cached["media_type"]
-                return item
-        try:
-            item.decoded = decode(data, max_pixels=self.cfg.max_pixels)
-        except Unreadable as exc:
-            if self.cfg.unreadable == "flag":
-                item.verdict = state.VerdictRecord(
-                    "flagged", "unreadable-policy", f"unreadable: {exc.reason}",
-                    media_type=exc.media_type)
-            else:
-                item.verdict = state.VerdictRecord("unreadable", "decode", exc.reason,
-                                                   media_type=exc.media_type)
-            return item
+        assert item.decoded is not None
         clf = self.classifier
         item.tensors = [clf.preprocess(f) for f in item.decoded.frames]
         item.decoded.frames = []  # free the PIL frames; tensors are what we keep
@@ -330,17 +307,8 @@ class Scanner:
         # Identical content twice in one batch/run: classify once.
         results = clf.classify_items([it.tensors for it in items])
         for it, (decision, frame) in zip(items, results):
-            d = it.decoded
-            assert d is not None
-            details = decision.to_json()
-            details["frame"] = d.sampled[frame] if d.sampled else frame
-            details["frames_sampled"] = d.sampled
-            it.verdict = state.VerdictRecord(
-                "flagged" if decision.flagged else "clean", "clip",
-                _reason(decision), model_id=clf.model_id,
-                concepts_digest=self.cfg.concepts_digest, severity=self.cfg.severity,
-                rule_version=self.cfg.rule_version, media_type=d.media_type, width=d.width,
-                height=d.height, frames=d.n_frames, details=details)
+            assert it.decoded is not None
+            it.verdict = clip_verdict(decision, frame, it.decoded, clf.model_id, self.cfg)
             it.tensors = None
             s.classified += 1
             self._record(it, s)
@@ -357,20 +325,11 @@ class Scanner:
         assert v is not None and it.sha256 is not None and it.md5 is not None
         if v.method == "cache":
             s.reused += 1
-        with transaction(self.conn):
-            vid = state.insert_verdict(self.conn, it.sha256, v)
-            state.set_object_result(self.conn, it.object_id, status=v.outcome, reason=v.reason,
-                                    size=len(it.data or b""), sha256=it.sha256, md5=it.md5,
-                                    media_type=v.media_type, verdict_id=vid)
-            incident_id = None
-            if v.outcome == "flagged":
-                incident_id, _ = state.ensure_incident(
-                    self.conn, sha256=it.sha256, md5=it.md5, size=len(it.data or b""),
-                    media_type=v.media_type, width=v.width, height=v.height, verdict_id=vid)
-                audit.append(self.conn, "flagged", f"incident:{incident_id}",
-                             {"source": self.source.url, "key": key, "sha256": it.sha256,
-                              "verdict_id": vid, "method": v.method, "reason": v.reason,
-                              "dry_run": self.cfg.dry_run})
+        _, incident_id = record_verdict(
+            self.conn, object_id=it.object_id, sha256=it.sha256, md5=it.md5,
+            size=len(it.data or b""), verdict=v,
+            audit_details={"source": self.source.url, "key": key,
+                           "dry_run": self.cfg.dry_run})
         if v.outcome == "clean":
             s.clean += 1
         elif v.outcome == "unreadable":
@@ -392,6 +351,84 @@ class Scanner:
                                        "reason": exc.reason})
                     log.warning("could not quarantine %s: %s", key, exc.reason)
         it.data = None
+
+
+# --- steps shared with the upload-time server (fsq.server.validate) ----------------------------
+
+def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str], *,
+             use_cache: bool = True) -> state.VerdictRecord | None:
+    """The checks that decide without decoding, in order: allowlist (released content is never
+    flagged again), known-hash lists (flag without the model), and, with ``use_cache``, the
+    latest conclusive verdict for identical content. None = decode and classify."""
+    if state.is_allowlisted(db, sha256):
+        return state.VerdictRecord("clean", "allowlist",
+                                   "content is allowlisted (released earlier)")
+    hit = known.get(sha256) or known.get(md5)
+    if hit:
+        matched = "sha256" if sha256 in known else "md5"
+        return state.VerdictRecord("flagged", "hash-list", f"{matched} listed in {hit}",
+                                   details={"hash_list": hit, "matched": matched})
+    if use_cache:
+        cached = state.cached_verdict(db, sha256)
+        if cached is not None:
+            v = state.VerdictRecord(cached["outcome"], "cache", cached["reason"],
+                                    details={"reused_verdict": cached["id"]})
+            v.media_type = cached["media_type"]
+            return v
+    return None
+
+
+def decode_or_verdict(data: bytes, cfg: ScanConfig
+                      ) -> tuple[Decoded | None, state.VerdictRecord | None]:
+    """Decode for the classifier; undecodable bytes get their verdict from ``cfg.unreadable``
+    (skip -> 'unreadable', flag -> 'flagged'). Exactly one of the two results is None."""
+    try:
+        return decode(data, max_pixels=cfg.max_pixels), None
+    except Unreadable as exc:
+        if cfg.unreadable == "flag":
+            return None, state.VerdictRecord("flagged", "unreadable-policy",
+                                             f"unreadable: {exc.reason}",
+                                             media_type=exc.media_type)
+        return None, state.VerdictRecord("unreadable", "decode", exc.reason,
+                                         media_type=exc.media_type)
+
+
+def clip_verdict(decision: Any, frame: int, d: Decoded, model_id: str, cfg: ScanConfig
+                 ) -> state.VerdictRecord:
+    """The verdict record of one classified file (``frame``: index of the deciding frame
+    among the sampled ones)."""
+    details = decision.to_json()
+    details["frame"] = d.sampled[frame] if d.sampled else frame
+    details["frames_sampled"] = d.sampled
+    return state.VerdictRecord(
+        "flagged" if decision.flagged else "clean", "clip",
+        _reason(decision), model_id=model_id,
+        concepts_digest=cfg.concepts_digest, severity=cfg.severity,
+        rule_version=cfg.rule_version, media_type=d.media_type, width=d.width,
+        height=d.height, frames=d.n_frames, details=details)
+
+
+def record_verdict(conn: sqlite3.Connection, *, object_id: int, sha256: str, md5: str,
+                   size: int, verdict: state.VerdictRecord, audit_details: dict[str, Any],
+                   origin: str = "scan") -> tuple[int, int | None]:
+    """In one transaction: the verdict row, the object's result and, if flagged, the incident
+    and a 'flagged' audit event (``audit_details`` plus sha256, verdict id, method, reason).
+    Returns (verdict id, incident id or None)."""
+    v = verdict
+    with transaction(conn):
+        vid = state.insert_verdict(conn, sha256, v)
+        state.set_object_result(conn, object_id, status=v.outcome, reason=v.reason,
+                                size=size, sha256=sha256, md5=md5,
+                                media_type=v.media_type, verdict_id=vid)
+        incident_id = None
+        if v.outcome == "flagged":
+            incident_id, _ = state.ensure_incident(
+                conn, sha256=sha256, md5=md5, size=size, media_type=v.media_type,
+                width=v.width, height=v.height, verdict_id=vid, origin=origin)
+            audit.append(conn, "flagged", f"incident:{incident_id}",
+                         {**audit_details, "sha256": sha256, "verdict_id": vid,
+                          "method": v.method, "reason": v.reason})
+    return vid, incident_id
 
 
 def _reason(decision: Any) -> str:
