@@ -159,6 +159,11 @@ def incident_for_sha(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | Non
     return conn.execute("SELECT * FROM incidents WHERE sha256=?", (sha256,)).fetchone()
 
 
+_LIFECYCLE_COLUMNS = ("quarantined_at", "reported_at", "report_reference", "cleared_at",
+                      "cleared_by", "clear_reason", "clear_reference", "purged_at",
+                      "purge_reason", "released_at", "release_reason")
+
+
 def ensure_incident(conn: sqlite3.Connection, *, sha256: str, md5: str | None,
                     size: int | None, media_type: str | None, width: int | None,
                     height: int | None, verdict_id: int | None, origin: str = "scan"
@@ -166,14 +171,19 @@ def ensure_incident(conn: sqlite3.Connection, *, sha256: str, md5: str | None,
     """Return (incident id, created). One incident per content sha256.
 
     A released or purged incident whose content shows up flagged again (e.g. re-uploaded
-    after a purge) is reopened as 'flagged': it is new evidence."""
+    after a purge) is reopened as 'flagged': it is new evidence. Its lifecycle times (report,
+    clearance, purge, release, quarantine) are reset - an old clearance or report must never
+    shorten the retention of new evidence - and the old values go into the audit event."""
     row = incident_for_sha(conn, sha256)
     if row is not None:
         if row["state"] in ("purged", "released"):
-            conn.execute("UPDATE incidents SET state='flagged', verdict_id=? WHERE id=?",
-                         (verdict_id, row["id"]))
+            previous = {k: row[k] for k in _LIFECYCLE_COLUMNS if row[k] is not None}
+            conn.execute("UPDATE incidents SET state='flagged', verdict_id=?, "
+                         + ", ".join(f"{k}=NULL" for k in _LIFECYCLE_COLUMNS)
+                         + " WHERE id=?", (verdict_id, row["id"]))
             audit.append(conn, "incident.reopened", f"incident:{row['id']}",
-                         {"sha256": sha256, "previous_state": row["state"]})
+                         {"sha256": sha256, "previous_state": row["state"],
+                          "previous": previous})
         return int(row["id"]), False
     cur = conn.execute(
         "INSERT INTO incidents (sha256, md5, size, media_type, width, height, state, "
