@@ -1,0 +1,141 @@
+-- Lemmy 0.19.4+ shaped schema: only the tables/columns fsq reads, written from the documented
+-- names (docs: pictrs-lemmy reference, "Lemmy database"). Not Lemmy's own migrations.
+-- 0.19.0-0.19.3 had image_upload instead of local_image (tests rename it).
+CREATE TABLE instance (
+    id     serial PRIMARY KEY,
+    domain varchar(255) NOT NULL UNIQUE
+);
+CREATE TABLE person (
+    id           serial PRIMARY KEY,
+    name         varchar(255) NOT NULL,
+    display_name varchar(255),
+    avatar       text,
+    banner       text,
+    bio          text,
+    actor_id     varchar(255) NOT NULL UNIQUE,
+    local        boolean NOT NULL DEFAULT true,
+    instance_id  integer NOT NULL REFERENCES instance(id),
+    banned       boolean NOT NULL DEFAULT false,
+    deleted      boolean NOT NULL DEFAULT false,
+    published    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE local_user (
+    id        serial PRIMARY KEY,
+    person_id integer NOT NULL UNIQUE REFERENCES person(id),
+    email     text UNIQUE,
+    admin     boolean NOT NULL DEFAULT false
+);
+CREATE TABLE community (
+    id          serial PRIMARY KEY,
+    name        varchar(255) NOT NULL,
+    title       varchar(255) NOT NULL,
+    description text,
+    icon        text,
+    banner      text,
+    actor_id    varchar(255) NOT NULL UNIQUE,
+    instance_id integer NOT NULL REFERENCES instance(id),
+    local       boolean NOT NULL DEFAULT true,
+    removed     boolean NOT NULL DEFAULT false,
+    deleted     boolean NOT NULL DEFAULT false,
+    published   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE post (
+    id               serial PRIMARY KEY,
+    name             varchar(200) NOT NULL,
+    url              varchar(512),
+    body             text,
+    creator_id       integer NOT NULL REFERENCES person(id),
+    community_id     integer NOT NULL REFERENCES community(id),
+    removed          boolean NOT NULL DEFAULT false,
+    deleted          boolean NOT NULL DEFAULT false,
+    published        timestamptz NOT NULL DEFAULT now(),
+    thumbnail_url    text,
+    embed_video_url  text,
+    ap_id            varchar(255) NOT NULL UNIQUE,
+    local            boolean NOT NULL DEFAULT true,
+    url_content_type text,
+    alt_text         text
+);
+CREATE TABLE comment (
+    id         serial PRIMARY KEY,
+    creator_id integer NOT NULL REFERENCES person(id),
+    post_id    integer NOT NULL REFERENCES post(id),
+    content    text NOT NULL,
+    removed    boolean NOT NULL DEFAULT false,
+    deleted    boolean NOT NULL DEFAULT false,
+    published  timestamptz NOT NULL DEFAULT now(),
+    ap_id      varchar(255) NOT NULL UNIQUE,
+    local      boolean NOT NULL DEFAULT true,
+    path       text NOT NULL DEFAULT '0'      -- ltree in Lemmy; fsq never reads it
+);
+CREATE TABLE private_message (
+    id           serial PRIMARY KEY,
+    creator_id   integer NOT NULL REFERENCES person(id),
+    recipient_id integer NOT NULL REFERENCES person(id),
+    content      text NOT NULL,
+    ap_id        varchar(255) NOT NULL UNIQUE,
+    local        boolean NOT NULL DEFAULT true,
+    deleted      boolean NOT NULL DEFAULT false,
+    removed      boolean NOT NULL DEFAULT false,
+    published    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE site (
+    id          serial PRIMARY KEY,
+    name        varchar(20) NOT NULL,
+    icon        text,
+    banner      text,
+    actor_id    varchar(255) NOT NULL UNIQUE,
+    instance_id integer NOT NULL REFERENCES instance(id)
+);
+CREATE TABLE login_token (
+    token      text PRIMARY KEY,
+    user_id    integer NOT NULL REFERENCES local_user(id),
+    published  timestamptz NOT NULL DEFAULT now(),
+    ip         text,
+    user_agent text
+);
+CREATE TABLE custom_emoji (
+    id            serial PRIMARY KEY,
+    local_site_id integer NOT NULL DEFAULT 1,
+    shortcode     varchar(128) NOT NULL UNIQUE,
+    image_url     text NOT NULL,
+    alt_text      text NOT NULL DEFAULT '',
+    category      text NOT NULL DEFAULT '',
+    published     timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE post_report (
+    id                 serial PRIMARY KEY,
+    creator_id         integer NOT NULL REFERENCES person(id),
+    post_id            integer NOT NULL REFERENCES post(id),
+    original_post_name varchar(200) NOT NULL,
+    original_post_url  text,
+    original_post_body text,
+    reason             text NOT NULL,
+    resolved           boolean NOT NULL DEFAULT false,
+    published          timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE comment_report (
+    id                    serial PRIMARY KEY,
+    creator_id            integer NOT NULL REFERENCES person(id),
+    comment_id            integer NOT NULL REFERENCES comment(id),
+    original_comment_text text NOT NULL,
+    reason                text NOT NULL,
+    resolved              boolean NOT NULL DEFAULT false,
+    published             timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE local_image (
+    pictrs_alias        text PRIMARY KEY,
+    local_user_id       integer REFERENCES local_user(id),   -- NULL: server-made thumbnail
+    pictrs_delete_token text NOT NULL,
+    published           timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE remote_image (
+    link      text PRIMARY KEY,
+    published timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE image_details (
+    link         text PRIMARY KEY,
+    width        integer NOT NULL,
+    height       integer NOT NULL,
+    content_type text NOT NULL
+);
