@@ -76,6 +76,7 @@ COMMAND_MODULES = [
     "fsq.cli.quarantine_cmd",
     "fsq.cli.incidents_cmd",
     "fsq.cli.audit_cmd",
+    "fsq.cli.serve_cmd",
 ]
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
 from typing import Any, Iterator, NoReturn
 from urllib.parse import unquote, urlsplit
 
@@ -83,6 +84,25 @@ def parse_s3_url(url: str, what: str = "source") -> tuple[str, str]:
     return bucket, prefix
 
 
+_LOADER: Any = None
+_LOADER_LOCK = threading.Lock()
+
+
+def _botocore_session() -> Any:
+    """A fresh botocore session (credentials resolved anew) sharing one model loader: loading
+    the S3 service description is most of the cost of a client (~0.2 s)."""
+    import botocore.session
+
+    global _LOADER
+    with _LOADER_LOCK:
+        bs = botocore.session.get_session()
+        if _LOADER is None:
+            _LOADER = bs.get_component("data_loader")
+        else:
+            bs.register_component("data_loader", _LOADER)
+    return bs
+
+
 def make_s3_client(settings: Any) -> Any:
     """A boto3 S3 client from fsq settings and the standard AWS credential chain.
 
@@ -103,7 +123,8 @@ def make_s3_client(settings: Any) -> Any:
         max_pool_connections=16,
     )
     try:
-        session = boto3.session.Session(profile_name=getattr(settings, "s3_profile", None))
+        session = boto3.session.Session(botocore_session=_botocore_session(),
+                                        profile_name=getattr(settings, "s3_profile", None))
     except botocore.exceptions.ProfileNotFound as exc:
         raise ConfigError(f"AWS profile {exc.kwargs.get('profile')!r} not found "
                           "(FSQ_S3_PROFILE / AWS_PROFILE); check ~/.aws/credentials") from None
@@ -143,7 +164,8 @@ def describe_s3_failure(exc: BaseException, endpoint: str, bucket: str) -> str |
         return f"S3 endpoint {where} connection failed ({exc.__class__.__name__}); rerun later"
     if isinstance(exc, bex.ClientError):
         code = s3_error_code(exc)
-        if code in _BUCKET_CODES:
+        if code in _BUCKET_CODES or (code in ("404", "NotFound")
+                                     and getattr(exc, "operation_name", "") == "HeadBucket"):
             return f"S3 bucket {bucket!r} does not exist at {where}; check the URL"
         if code in _AUTH_CODES:
             return (f"S3 at {where} refused the credentials for bucket {bucket!r} ({code}); "
