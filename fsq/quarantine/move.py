@@ -28,6 +28,15 @@ durable. ``recover`` resolves every unfinished row:
 So after recovery each original is either still in the source (rolled back) or in the vault
 (done) -- never in neither, and the vault never keeps an unverified half-copy.
 
+Uploads (``seal_upload``, used by ``fsq serve``): the bytes exist only in the request, there is
+no source copy to re-read or remove, and the entry's ``source`` is ``UPLOAD_SOURCE``. The same
+journal runs with step 4 left out: ``sealing -> stored -> verified -> done``. ``recover``
+resolves such entries only when the caller names ``UPLOAD_SOURCE`` in its ``sources`` (the
+server does, at start), so that a scanner's recovery never races a running server's seal:
+``sealing`` -> rolled back (the answer never went out, so pict-rs rejected the upload and the
+bytes are gone; the incident and its audit events remain), ``stored`` -> verify, then done or
+rolled back, ``verified`` -> done.
+
 The scanning side needs only the vault *public* key (invariant 2): sealing never decrypts.
 """
 
@@ -52,6 +61,9 @@ from fsq.timeutil import iso
 log = logging.getLogger("fsq.quarantine")
 
 UNFINISHED = ("sealing", "stored", "verified", "source_removed")
+
+# vault_entries.source / objects.source of uploads sealed by `fsq serve` (no source store).
+UPLOAD_SOURCE = "upload:pict-rs"
 
 
 def blob_name(entry_id: str) -> str:
@@ -96,7 +108,7 @@ class Quarantiner:
         Raises ObjectError if the source changed or could not be removed (the entry is rolled
         back or left for recovery; nothing is lost). Storage failures raise SourceError /
         VaultError (exit 3) and leave the journal for ``recover``."""
-        from fsq.quarantine.seal import new_entry_id, seal
+        from fsq.quarantine.seal import new_entry_id
 
         if _sha(data) != sha256:  # caller bug guard: never seal bytes we did not classify
             raise IntegrityError(f"bytes of {key} do not match their recorded sha256")
@@ -112,13 +124,57 @@ class Quarantiner:
             "media_type": media_type, "sealed_at": now, "tool_version": __version__,
             "verdict": dict(verdict) if verdict is not None else None,
         }
+        self._seal_and_store(conn, entry_id, source_url=source.url, key=key,
+                             object_id=object_id, incident_id=incident_id, data=data,
+                             metadata=metadata, now=now)
+        self._finish(conn, entry_id, source)
+        return entry_id
+
+    def seal_upload(self, conn: sqlite3.Connection, *, object_id: int, key: str, data: bytes,
+                    sha256: str, md5: str, incident_id: int, media_type: str | None,
+                    extra_meta: Mapping[str, Any]) -> str:
+        """Seal bytes that exist only in memory (an upload pict-rs will discard): steps 1-3
+        and 5, no source to remove. ``extra_meta`` (arrival time, media types, client) goes
+        into the sealed metadata. Returns the vault entry id once the entry is 'done'.
+
+        Raises ObjectError if the sealed copy failed verification (rolled back); storage
+        failures raise VaultError and leave the journal for ``recover``."""
+        from fsq.quarantine.seal import new_entry_id
+
+        if _sha(data) != sha256:  # caller bug guard, as in quarantine()
+            raise IntegrityError(f"bytes of {key} do not match their recorded sha256")
+        entry_id = new_entry_id()
+        now = iso()
+        verdict = conn.execute(
+            "SELECT v.id, v.method, v.reason, v.model_id, v.concepts_digest, v.severity, "
+            "v.rule_version FROM objects o LEFT JOIN verdicts v ON v.id = o.verdict_id "
+            "WHERE o.id = ?", (object_id,)).fetchone()
+        metadata = {
+            **dict(extra_meta),
+            "entry_id": entry_id, "incident_id": incident_id, "source": UPLOAD_SOURCE,
+            "key": key, "sha256": sha256, "md5": md5, "size": len(data),
+            "media_type": media_type, "sealed_at": now, "tool_version": __version__,
+            "verdict": dict(verdict) if verdict is not None else None,
+        }
+        self._seal_and_store(conn, entry_id, source_url=UPLOAD_SOURCE, key=key,
+                             object_id=object_id, incident_id=incident_id, data=data,
+                             metadata=metadata, now=now)
+        self._finish(conn, entry_id, None)
+        return entry_id
+
+    def _seal_and_store(self, conn: sqlite3.Connection, entry_id: str, *, source_url: str,
+                        key: str, object_id: int, incident_id: int, data: bytes,
+                        metadata: dict[str, Any], now: str) -> None:
+        """Steps 1-2: commit the intent, write both vault objects, commit 'stored'."""
+        from fsq.quarantine.seal import seal
+
         with transaction(conn):  # step 1: intent
             conn.execute(
                 "INSERT INTO vault_entries (id, incident_id, source, key, object_id, sha256, "
                 "size, vault, state, created_at, updated_at) "
                 "VALUES (?,?,?,?,?,?,?,?, 'sealing', ?, ?)",
-                (entry_id, incident_id, source.url, key, object_id, sha256, len(data),
-                 self.vault.url, now, now))
+                (entry_id, incident_id, source_url, key, object_id, metadata["sha256"],
+                 len(data), self.vault.url, now, now))
         crash_point("after-intent")
         sealed = seal(entry_id, data, metadata, self.public_key)
         self.vault.put(key_name(entry_id), sealed.wrapped_key)
@@ -128,8 +184,6 @@ class Quarantiner:
         self._set(conn, entry_id, "stored", blob_sha256=sealed.blob_sha256,
                   key_sha256=sealed.key_sha256)
         crash_point("after-stored")
-        self._finish(conn, entry_id, source)
-        return entry_id
 
     def _set(self, conn: sqlite3.Connection, entry_id: str, new_state: str,
              **cols: Any) -> None:
@@ -153,9 +207,10 @@ class Quarantiner:
             return "wrapped key hash differs from the database"
         return None
 
-    def _finish(self, conn: sqlite3.Connection, entry_id: str, source: Source) -> None:
-        """Steps 3-5 from state 'stored' (or later)."""
+    def _finish(self, conn: sqlite3.Connection, entry_id: str, source: Source | None) -> None:
+        """Steps 3-5 from state 'stored' (or later). ``source`` is None for uploads."""
         row = conn.execute("SELECT * FROM vault_entries WHERE id=?", (entry_id,)).fetchone()
+        upload = row["source"] == UPLOAD_SOURCE
         if row["state"] == "stored":
             problem = self.verify_entry(row)
             if problem:
@@ -165,7 +220,8 @@ class Quarantiner:
             self._set(conn, entry_id, "verified")
             crash_point("after-verified")
             row = conn.execute("SELECT * FROM vault_entries WHERE id=?", (entry_id,)).fetchone()
-        if row["state"] == "verified":
+        if row["state"] == "verified" and not upload:  # step 4 (an upload has no source)
+            assert source is not None
             try:
                 current = source.read(row["key"])
             except ObjectMissing:
@@ -180,7 +236,7 @@ class Quarantiner:
             self._set(conn, entry_id, "source_removed")
             crash_point("after-source-removed")
             row = conn.execute("SELECT * FROM vault_entries WHERE id=?", (entry_id,)).fetchone()
-        if row["state"] == "source_removed":
+        if row["state"] == "source_removed" or (upload and row["state"] == "verified"):
             now = iso()
             with transaction(conn):
                 conn.execute("UPDATE vault_entries SET state='done', updated_at=? WHERE id=?",
@@ -216,7 +272,8 @@ class Quarantiner:
             "ORDER BY created_at", UNFINISHED).fetchall()
         for row in rows:
             src = sources.get(row["source"])
-            if src is None:
+            # Uploads have no Source object: handled only if the caller names UPLOAD_SOURCE.
+            if src is None and row["source"] not in sources:
                 counts["pending"] += 1
                 continue
             if row["vault"] != self.vault.url:
