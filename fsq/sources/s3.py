@@ -122,16 +122,17 @@ def make_s3_client(settings: Any) -> Any:
         read_timeout=30,
         max_pool_connections=16,
     )
+    profile = getattr(settings, "s3_profile", None)
     try:
         session = boto3.session.Session(botocore_session=_botocore_session(),
-                                        profile_name=getattr(settings, "s3_profile", None))
-    except botocore.exceptions.ProfileNotFound as exc:
-        raise ConfigError(f"AWS profile {exc.kwargs.get('profile')!r} not found "
-                          "(FSQ_S3_PROFILE / AWS_PROFILE); check ~/.aws/credentials") from None
-    region = getattr(settings, "s3_region", None) or session.region_name or "us-east-1"
-    try:
+                                        profile_name=profile)
+        region = getattr(settings, "s3_region", None) or session.region_name or "us-east-1"
         return session.client("s3", endpoint_url=getattr(settings, "s3_endpoint", None),
                               region_name=region, config=config)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise ConfigError(f"AWS profile {exc.kwargs.get('profile', profile)!r} not found "
+                          "(FSQ_S3_PROFILE / AWS_PROFILE); check ~/.aws/credentials and "
+                          "~/.aws/config") from None
     except ValueError as exc:
         raise ConfigError(f"FSQ_S3_ENDPOINT is not a valid URL: {exc}") from None
 

@@ -111,20 +111,17 @@ def load_private_key(path: str | None, passphrase: str | None,
     try:
         return attempt(passphrase)
     except TypeError:
-        # cryptography: "Password was not given but private key is encrypted"
+        # cryptography: "Password was not given but private key is encrypted", or
+        # "Password was given but private key is not encrypted": then the passphrase is moot.
         if passphrase is not None:
-            raise ConfigError(f"cannot load SSH key {full}; check FSQ_SFTP_KEY_FILE") from None
+            return load_private_key(path, None, None)
     except paramiko.UnknownKeyType:
         raise ConfigError(f"SSH key {full} has an unsupported type; use Ed25519, ECDSA or "
                           "RSA") from None
-    except (ValueError, paramiko.SSHException) as exc:
-        if passphrase is not None and "password" in str(exc).lower() \
-                or "decrypt" in str(exc).lower() or "incorrect" in str(exc).lower():
+    except (ValueError, paramiko.SSHException):
+        if passphrase is not None and _looks_encrypted(full):
             raise ConfigError(f"wrong passphrase for SSH key {full} "
                               "(FSQ_SFTP_KEY_PASSPHRASE)") from None
-        if passphrase is not None:
-            raise ConfigError(f"cannot load SSH key {full}: wrong passphrase "
-                              "(FSQ_SFTP_KEY_PASSPHRASE) or not a private key") from None
         raise ConfigError(f"cannot load SSH key {full}: not an OpenSSH/PEM private key "
                           "(Ed25519, ECDSA or RSA)") from None
     # Encrypted and no passphrase given.
@@ -138,6 +135,27 @@ def load_private_key(path: str | None, passphrase: str | None,
         return attempt(pw)
     except (TypeError, ValueError, paramiko.SSHException):
         raise ConfigError(f"wrong passphrase for SSH key {full}") from None
+
+
+def _looks_encrypted(path: str) -> bool:
+    """True for an encrypted OpenSSH or PEM private key file (without decrypting it)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return False
+    if b"ENCRYPTED" in text:  # PEM: "Proc-Type: 4,ENCRYPTED" / "ENCRYPTED PRIVATE KEY"
+        return True
+    if b"BEGIN OPENSSH PRIVATE KEY" in text:
+        body = b"".join(line.strip() for line in text.splitlines()
+                        if line.strip() and not line.startswith(b"-----"))
+        try:
+            raw = base64.b64decode(body[:200] + b"=" * (-len(body[:200]) % 4))
+        except ValueError:
+            return False
+        # "openssh-key-v1\0", then the cipher name as an SSH string: "none" = unencrypted
+        return raw.startswith(b"openssh-key-v1\x00") and raw[19:23] != b"none"
+    return False
 
 
 class _UnknownHostKey(Exception):
