@@ -1,0 +1,53 @@
+"""Docs are tested (STYLE.md #9): every command has --help with an example; the README's
+commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from fsq.cli.main import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def all_commands(group=cli, prefix=()):
+    for name, cmd in sorted(group.commands.items()):
+        path = prefix + (name,)
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, path)
+        else:
+            yield path, cmd
+
+
+def test_every_command_has_help_with_example(fsq):
+    paths = list(all_commands())
+    assert len(paths) >= 10
+    for path, cmd in paths:
+        r = fsq([*path, "--help"])
+        assert r.exit_code == 0, (path, r.output)
+        assert "Example" in r.stdout, f"`fsq {' '.join(path)} --help` has no example"
+
+
+def test_top_level_help_and_version(fsq):
+    r = fsq(["--help"])
+    assert r.exit_code == 0 and "quarantine" in r.stdout.lower()
+    v = fsq(["--version"])
+    assert v.exit_code == 0 and "fsq" in v.stdout
+
+
+def test_readme_commands_exist():
+    text = (REPO / "README.md").read_text()
+    known = {" ".join(p) for p, _ in all_commands()} | set(cli.commands)
+    used = set(re.findall(r"^\s*(?:\$ )?fsq ([a-z-]+(?: [a-z-]+)?)", text, re.M))
+    assert used, "README shows no fsq commands"
+    for u in used:
+        first = u.split()[0]
+        assert u in known or first in known, f"README mentions unknown command `fsq {u}`"
+
+
+def test_unknown_command_is_usage_error(fsq):
+    r = fsq(["frobnicate"])
+    assert r.exit_code == 2
