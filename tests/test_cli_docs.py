@@ -41,7 +41,9 @@ def test_top_level_help_and_version(fsq):
 def test_readme_commands_exist():
     text = (REPO / "README.md").read_text()
     known = {" ".join(p) for p, _ in all_commands()} | set(cli.commands)
-    used = set(re.findall(r"^\s*(?:\$ )?fsq ([a-z-]+(?: [a-z-]+)?)", text, re.M))
+    blocks = "\n".join(re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, re.S))
+    used = set(re.findall(r"^\s*(?:\$ )?fsq ([a-z-]+(?: [a-z-]+)?)", blocks, re.M))
+    used |= set(re.findall(r"`fsq ([a-z-]+(?: [a-z-]+)?)", text))
     assert used, "README shows no fsq commands"
     for u in used:
         first = u.split()[0]
