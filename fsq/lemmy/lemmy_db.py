@@ -453,8 +453,7 @@ class LemmyDB:
             if tg.kind == "private_message":
                 extra["recipient"] = self._person(r[i:i + 8]); i += 8
             if tg.kind == "person":
-                creator = Person(rid, title, None, ap, None, None, extra.get("banned"), deleted)
-                extra.pop("banned", None)
+                extra.pop("banned", None)          # shown with the person (the creator)
 
             fields, found_aliases, found_proxied, found_urls = [], set(), set(), []
             for col, val in values.items():

@@ -87,10 +87,26 @@ class Linkage:
     def any_configured(self) -> bool:
         return any(s.status != "not-configured" for s in self.sources if s.name != "cache")
 
+    def problems(self) -> list[str]:
+        """Why linkage is incomplete: failed sources and missing configuration that matters.
+
+        A pict-rs route left unconfigured is no problem when the other one answered."""
+        out = [f"{LABELS.get(n, n)} unavailable: {d}" for n, d in self.sources_unavailable]
+        lemmy = self.state("lemmy-db")
+        if lemmy is not None and lemmy.status == "not-configured":
+            out.append("Lemmy database not configured (set FSQ_LEMMY_DATABASE_URL): no posts, "
+                       "comments or uploader can be named")
+        pictrs = [self.state("pictrs-repo"), self.state("pictrs-api")]
+        if any(not self.aliases.get(k) for k in self.keys) and all(
+                s is not None and s.status == "not-configured" for s in pictrs):
+            out.append("no pict-rs source configured (set FSQ_PICTRS_DATABASE_URL, or "
+                       "FSQ_PICTRS_URL and FSQ_PICTRS_API_KEY): the stored file cannot be "
+                       "mapped to its aliases")
+        return out
+
     @property
     def complete(self) -> bool:
-        """Lemmy was searched and no configured source failed."""
-        return "lemmy-db" in self.sources_used and not self.sources_unavailable
+        return not self.problems()
 
     def state(self, name: str) -> SourceState | None:
         for s in self.sources:
@@ -108,6 +124,7 @@ class Linkage:
         d["proxied_urls"] = self.proxied_urls
         d["sources_used"] = self.sources_used
         d["sources_unavailable"] = [list(x) for x in self.sources_unavailable]
+        d["problems"] = self.problems()
         return d
 
 
