@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
 
-from fsq.decode import Decoded, Unreadable, decode, hashes
+from fsq.decode import Decoded, Unreadable, decode, hashes, sniff
 from fsq.errors import FsqError
 from fsq.ledger import audit, state
 from fsq.ledger.db import connect, transaction
@@ -193,6 +193,8 @@ class Scanner:
         item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
                                 use_cache=not self.cfg.rescan)
         if item.verdict is not None:
+            if item.verdict.media_type is None:
+                item.verdict.media_type = sniff(data)  # decided without decoding
             return item
         item.decoded, item.verdict = decode_or_verdict(data, self.cfg)
         if item.verdict is not None:

@@ -100,7 +100,7 @@ class Progress:
         self.tty = self.stream.isatty()
         self.every = every if not self.tty else 0.2
         self.t0 = time.monotonic()
-        self.last = 0.0
+        self.last = self.t0  # first periodic line after `every` seconds, not at once
         self.log = logging.getLogger("fsq.progress")
 
     def __call__(self, summary: Any, total: int | None) -> None:

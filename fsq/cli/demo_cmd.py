@@ -94,7 +94,9 @@ def demo(base, images, fresh):
         "FSQ_BATCH_SIZE": "8",
     })
     click.echo("demo settings: FSQ_SOURCE, FSQ_MODEL, FSQ_PRETRAINED, FSQ_HASH_LISTS set for "
-               "this run (see `fsq config show`)")
+               "this run (see `fsq config show`).\nExpect a calibration warning: the tiny "
+               "random model is not the ViT-L-14/openai model the shipped thresholds fit, so "
+               "here the known-hash list does the flagging.")
     pw = ["--passphrase-file", str(marker)]
     _run(["init", *pw])
     _run(["scan", "--all", "--dry-run"])
