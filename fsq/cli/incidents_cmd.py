@@ -1,39 +1,49 @@
-"""`fsq incidents` and `fsq incident show`."""
+"""`fsq incidents`, `fsq incident show` and `fsq incident mark-reported`."""
 
 from __future__ import annotations
 
 import click
 
 from fsq.cli.common import db_option, echo_json, json_option, load, open_db, table
+from fsq.holds import mark_reported, parse_report_time
 from fsq.incidents import detail, resolve, summary
 
 
 @click.command("incidents")
 @click.option("--state", "states", multiple=True,
-              help="Only incidents in this state (repeatable).")
+              help="Only incidents in this state (repeatable): flagged, quarantined, reported, "
+                   "held, cleared, purging, purged, released.")
 @db_option
 @json_option
 def incidents(states, db, as_json):
     """List incidents (one per content sha256) and their state.
 
+    The STATE column is the state that matters to a person: `held` while any hold is active,
+    else cleared, reported, quarantined, ... RETENTION_END is when the retention period
+    (FSQ_RETENTION_DAYS after the report, or after quarantine if never reported) runs out for
+    incidents whose evidence is in the vault. In --json, `state` is the stored state and
+    `display_state` the one shown here.
+
     \b
     Example:
-      fsq incidents --state quarantined --json
+      fsq incidents --state held --json
     """
     settings = load(db=db)
     conn = open_db(settings)
-    rows = [summary(conn, r) for r in conn.execute("SELECT * FROM incidents ORDER BY id")]
+    rows = [summary(conn, r, retention_days=settings.retention_days)
+            for r in conn.execute("SELECT * FROM incidents ORDER BY id")]
     if states:
-        rows = [r for r in rows if r["state"] in states]
+        rows = [r for r in rows if r["state"] in states or r["display_state"] in states]
     if as_json:
         echo_json(rows)
         return
     if not rows:
         click.echo("no incidents")
         return
-    click.echo(table([{**r, "sha256": r["sha256"][:16]} for r in rows],
+    click.echo(table([{**r, "sha256": r["sha256"][:16], "state": r["display_state"],
+                       "retention_end": (r["retention_end"] or "")[:10]} for r in rows],
                      ["id", "state", "sha256", "size", "media_type", "keys", "vault_entries",
-                      "created_at"]))
+                      "retention_end", "created_at"]))
 
 
 @click.group("incident")
@@ -56,16 +66,21 @@ def show(incident_ref, db, as_json):
     """
     settings = load(db=db)
     conn = open_db(settings, create=False)
-    d = detail(conn, resolve(conn, incident_ref))
+    d = detail(conn, resolve(conn, incident_ref), retention_days=settings.retention_days)
     if as_json:
         echo_json(d)
         return
-    click.echo(f"incident {d['id']}: {d['state']}")
+    click.echo(f"incident {d['id']}: {d['display_state']}")
     for k in ("sha256", "md5", "size", "media_type", "width", "height", "created_at",
-              "quarantined_at", "reported_at", "report_reference", "released_at",
-              "release_reason", "cleared_at", "cleared_by", "purged_at"):
+              "quarantined_at", "reported_at", "report_reference", "retention_end",
+              "released_at", "release_reason", "cleared_at", "cleared_by", "clear_reason",
+              "clear_reference", "purged_at", "purge_reason"):
         if d.get(k) is not None:
             click.echo(f"  {k}: {d[k]}")
+    for h in d["holds"]:
+        status = "active" if h["active"] else ("lifted" if h["lifted_at"] else "expired")
+        click.echo(f"  hold {h['id']} ({h['kind']}, {status})"
+                   + (f" until {h['until']}" if h["until"] else "") + f": {h['reason']}")
     if d["verdict"]:
         v = d["verdict"]
         fired = ", ".join(f.get("text", "?") for f in v["fired"]) or "-"
@@ -78,6 +93,41 @@ def show(incident_ref, db, as_json):
         click.echo("  vault entries:")
         for e in d["entries"]:
             click.echo(f"    {e['entry']}  {e['state']:<12} {e['key']}  ({e['created_at']})")
+
+
+@incident.command("mark-reported")
+@click.argument("incident_ref", metavar="ID")
+@click.option("--reference", required=True,
+              help="The report's reference, e.g. the CyberTipline report id (audited).")
+@click.option("--at", "at_text", metavar="TIME",
+              help="When the report was made (ISO 8601, UTC if no zone); default now.")
+@db_option
+@json_option
+def mark_reported_cmd(incident_ref, reference, at_text, db, as_json):
+    """Record that an incident was reported. Its retention clock starts then
+    (FSQ_RETENTION_DAYS, 365 by default: the US preservation year of 18 U.S.C. 2258A(h)).
+
+    Marking again replaces the time and reference; the audit log keeps the earlier ones.
+
+    \b
+    Example:
+      fsq incident mark-reported 12 --reference "CyberTipline 123456789" \\
+          --at 2026-11-20T14:05:00Z
+    """
+    settings = load(db=db)
+    conn = open_db(settings, create=False)
+    row = resolve(conn, incident_ref)
+    at = parse_report_time(at_text) if at_text else None
+    res = mark_reported(conn, int(row["id"]), reference=reference, at=at)
+    d = summary(conn, resolve(conn, row["id"]), retention_days=settings.retention_days)
+    res["retention_end"] = d["retention_end"]
+    if as_json:
+        echo_json(res)
+        return
+    click.echo(f"incident {res['incident']} marked reported at {res['reported_at']} "
+               f"({res['reference']})")
+    if res["retention_end"]:
+        click.echo(f"  retention ends {res['retention_end']}")
 
 
 COMMANDS = [incidents, incident]

@@ -1,0 +1,51 @@
+"""`fsq clear`: a person states that an incident's evidence may be destroyed."""
+
+from __future__ import annotations
+
+import click
+
+from fsq.cli.common import db_option, echo_json, json_option, load, open_db
+from fsq.holds import clear_incident, holds_for
+from fsq.incidents import resolve
+from fsq.retention import IncidentFacts, eligibility
+from fsq.timeutil import utcnow
+
+
+@click.command("clear")
+@click.argument("incident_ref", metavar="ID")
+@click.option("--by", required=True, help="Name of the person clearing it (audited).")
+@click.option("--reason", required=True, help="Why it may be destroyed (audited).")
+@click.option("--reference", help="Ticket, decision or counsel reference (audited).")
+@db_option
+@json_option
+def clear(incident_ref, by, reason, reference, db, as_json):
+    """Clear an incident for destruction once retention allows.
+
+    Clearance destroys nothing. `fsq purge --after-clearance` destroys the evidence of
+    cleared incidents whose retention (FSQ_RETENTION_DAYS after the report, or after
+    quarantine if never reported) has run out and that are under no active hold.
+
+    \b
+    Example:
+      fsq clear 12 --by "A. Admin" --reason "reported, preservation year over" \\
+          --reference TICKET-88
+    """
+    settings = load(db=db)
+    conn = open_db(settings, create=False)
+    row = resolve(conn, incident_ref)
+    res = clear_incident(conn, int(row["id"]), by=by, reason=reason, reference=reference)
+    el = eligibility(IncidentFacts.from_row(resolve(conn, row["id"])),
+                     holds_for(conn, int(row["id"])), settings.retention_days, utcnow())
+    res["purge_eligible"] = el.eligible
+    res["waiting_for"] = [] if el.eligible else el.reasons
+    if as_json:
+        echo_json(res)
+        return
+    click.echo(f"incident {res['incident']} cleared by {res['cleared_by']}")
+    if el.eligible:
+        click.echo("  the next `fsq purge --after-clearance` will destroy its evidence")
+    else:
+        click.echo("  kept for now: " + "; ".join(el.reasons))
+
+
+COMMANDS = [clear]
