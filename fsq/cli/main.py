@@ -76,7 +76,11 @@ COMMAND_MODULES = [
     "fsq.cli.quarantine_cmd",
     "fsq.cli.incidents_cmd",
     "fsq.cli.audit_cmd",
+    "fsq.cli.hold_cmd",
+    "fsq.cli.clear_cmd",
+    "fsq.cli.purge_cmd",
     "fsq.cli.serve_cmd",
+    "fsq.cli.report_cmd",
 ]
 
 
