@@ -179,8 +179,12 @@ SETTINGS: tuple[Setting, ...] = (
       group="vault"),
     # retention
     S("retention_days", 365, _int_min(0),
-      "Days evidence is kept after an incident is reported (or quarantined, if never "
-      "reported). 365 = US 18 U.S.C. 2258A(h) preservation year.", "365", group="retention"),
+      "Days evidence is kept after an incident is marked reported (`fsq incident "
+      "mark-reported`), or after it was quarantined if it never was. 365 = the US "
+      "preservation year after a CyberTipline report (18 U.S.C. 2258A(h)). Purge also needs "
+      "a person's clearance (`fsq clear`) and no active hold (`fsq hold`), and holds keep "
+      "evidence longer whatever this says. Check your own jurisdiction; not legal advice.",
+      "365", group="retention"),
     # reports and linkage
     S("reports_dir", "./reports", _str, "Where `fsq report` writes HTML reports.",
       "./reports", group="reports"),
@@ -197,7 +201,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("pictrs_api_key", None, _opt_str, "pict-rs PICTRS__SERVER__API_KEY.", "", secret=True,
       group="reports"),
     S("pictrs_purge_on_purge", False, _bool,
-      "On purge, also call pict-rs /internal/purge for the incident's aliases.", "false",
+      "On purge, also ask pict-rs (POST /internal/purge; needs FSQ_PICTRS_URL and "
+      "FSQ_PICTRS_API_KEY) to delete the incident's known aliases and their metadata. A "
+      "failure is reported; the purge itself stands.", "false",
       group="retention"),
     S("instance_url", None, _opt_str,
       "Public URL of the Lemmy instance (used for links in reports).",
