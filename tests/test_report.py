@@ -357,3 +357,78 @@ def test_sanitize_tree_cleans_keys_and_nested_values():
     tree = {"a\u202e": [{"b": "\u202e"}, ("c\x00",)], "n": 1, "none": None}
     assert render.sanitize_tree(tree) == {"a[U+202E]": [{"b": "[U+202E]"}, ["c[U+0000]"]],
                                           "n": 1, "none": None}
+
+
+# --- the command --------------------------------------------------------------------------------
+
+@pytest.fixture
+def cli_state(_isolated_env):
+    work = _isolated_env
+    conn = connect(work / "fsq.db")
+    yield work, conn
+    conn.close()
+
+
+def test_cli_report_warns_without_linkage(fsq, cli_state):
+    work, conn = cli_state
+    iid = make_incident(conn)
+    r = fsq(["report", str(iid)])
+    assert r.exit_code == 0, r.output
+    assert f"incident {iid}: " in r.stdout
+    assert "warning: incident 1: linkage incomplete" in r.stderr
+    path = work / "reports" / f"{iid}.html"
+    assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    r = fsq(["report", str(iid), "--require-linkage"])
+    assert r.exit_code == 3 and "--require-linkage" in r.stderr
+    assert path.is_file()
+    actions = [e["action"] for e in audit.events(conn, subject=f"incident:{iid}")]
+    assert actions.count("report.generated") == 2
+
+
+def test_cli_report_all_json(fsq, cli_state, tmp_path):
+    work, conn = cli_state
+    a = make_incident(conn)
+    b = make_incident(conn, sha="ef" * 32, keys=("other/b.png",))
+    conn.execute("UPDATE incidents SET state='released' WHERE id=?", (b,))
+    c = make_incident(conn, sha="12" * 32, keys=("other/c.png",), reported=False)
+    out = tmp_path / "out"
+    r = fsq(["report", "--all", "--json", "--out", str(out)],
+            env={"FSQ_LEMMY_DATABASE_URL": "postgresql://u:PwInEnv@127.0.0.1:1/x"})
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [x["incident"] for x in doc["reports"]] == [a, c]
+    assert sorted(p.name for p in out.iterdir()) == [f"{a}.html", f"{c}.html"]
+    first = doc["reports"][0]
+    assert first["linkage_complete"] is False and first["linkage_problems"]
+    assert first["sha256"] == hashlib.sha256((out / f"{a}.html").read_bytes()).hexdigest()
+    assert first["report"]["incident"]["sha256"] == S.SHA
+    assert "PwInEnv" not in r.stdout + r.stderr
+    assert "PwInEnv" not in (out / f"{a}.html").read_text()
+
+
+def test_cli_report_usage_errors(fsq, cli_state):
+    work, conn = cli_state
+    make_incident(conn)
+    assert fsq(["report"]).exit_code == 2
+    assert fsq(["report", "1", "--all"]).exit_code == 2
+    r = fsq(["report", "99"])
+    assert r.exit_code == 1 and "no incident 99" in r.stderr
+    r = fsq(["report", "1"], env={"FSQ_DB": str(work / "missing.db")})
+    assert r.exit_code == 2
+
+
+@pytest.mark.postgres
+def test_cli_report_complete_linkage_exits_0(fsq, cli_state, pg_new_db):
+    work, conn = cli_state
+    lemmy = pg_new_db()
+    S.seed_lemmy(lemmy, "0.19")
+    repo = pg_new_db()
+    S.seed_pictrs(repo)
+    iid = make_incident(conn)
+    r = fsq(["report", str(iid), "--require-linkage"],
+            env={"FSQ_LEMMY_DATABASE_URL": lemmy, "FSQ_PICTRS_DATABASE_URL": repo,
+                 "FSQ_INSTANCE_URL": S.INSTANCE_URL})
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr
+    html = (work / "reports" / f"{iid}.html").read_text()
+    assert "203.0.113.7" in html
