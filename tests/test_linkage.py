@@ -366,3 +366,11 @@ def test_invalid_utf8_from_sql_ascii_database(pg_new_db, state, tmp_path):
     u = link.uploads[0]
     assert u.person.display_name == "bad \ufffd\ufffd bytes"
     assert ("post", "post_upload") in hit_set(link, ids)
+
+
+def test_aliases_cached_under_the_storage_key(pictrs_db, state, tmp_path):
+    """`fsq purge` finds aliases by vault entry key, which may carry a files/ prefix."""
+    link_incident(state, S.SHA, ["files/" + S.ID1],
+                  make_settings(tmp_path, pictrs_database_url=pictrs_db))
+    got = pictrs_api.cache_get(state, ["files/" + S.ID1, S.ID1])
+    assert set(got["files/" + S.ID1]) == set(got[S.ID1]) == {S.ALIAS, S.ALIAS2, S.ALIAS3}

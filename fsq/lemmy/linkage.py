@@ -252,6 +252,16 @@ def link_incident(state: sqlite3.Connection, sha256: str, keys: list[str], setti
         if db is not None:
             db.close()
 
+    # Also remember aliases under the storage key itself (it differs from the pict-rs identifier
+    # when the scan root was above the store root): `fsq purge` looks them up by key.
+    for key, aliases in link.aliases.items():
+        by_via: dict[str, list[tuple[str, str]]] = {}
+        for a in aliases:
+            via = link.alias_via.get(a, "cache")
+            by_via.setdefault(via if via != "cache" else "linkage", []).append((key, a))
+        for via, pairs in by_via.items():
+            pictrs_api.cache_put(state, pairs, via)
+
     _decide_orphan(link, repo_ok)
     return link
 
