@@ -32,11 +32,10 @@ def test_default_set_matches_the_reference_figures():
                     "lesbian scene": (0.22, 0.0), "gay scene": (0.22, 0.0)}
     controls = {c.text: (c.threshold, dict(c.adjust)) for c in cs.group("control")}
     assert controls["pregnant"][0] == 0.21
-    assert {k: controls["pregnant"][1][k] for k in ("infant", "toddler", "child")} == {
-        "infant": -0.04, "toddler": -0.03, "child": -0.02}
-    assert controls["anime"] == (0.23, {"teen": -0.03, "teens": -0.03})
-    assert controls["east asian"][0] == 0.24
-    assert {controls["east asian"][1][k] for k in ("teen", "child", "tween")} == {-0.025}
+    # exactly the published corrections: singular targets only
+    assert controls["pregnant"][1] == {"infant": -0.04, "toddler": -0.03, "child": -0.02}
+    assert controls["anime"] == (0.23, {"teen": -0.03})
+    assert controls["east asian"] == (0.24, {"teen": -0.025, "child": -0.025, "tween": -0.025})
     pairs = {c.text: c.pair for c in cs.concepts if c.pair}
     assert pairs["child"] == "children" and pairs["children"] == "child"
     assert pairs["infants"] == "infant" and "lolicon" not in pairs

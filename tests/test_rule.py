@@ -107,12 +107,13 @@ def test_control_adjustments(control, trigger, deltas):
             assert set(deltas) <= set(fired(d))
 
 
-def test_control_corrections_apply_to_plural_partners_too():
-    s = sims(pregnant=0.3, children=0.2, infants=0.2, toddlers=0.2)
+def test_default_control_corrections_touch_only_the_published_targets():
+    s = sims(pregnant=0.3, child=0.2, children=0.2, infant=0.2, infants=0.2)
     d = decide(s, DEFAULT)
-    assert d.adjusted["children"] == pytest.approx(0.18)
-    assert d.adjusted["infants"] == pytest.approx(0.16)
-    assert d.adjusted["toddlers"] == pytest.approx(0.17)
+    assert d.adjusted["child"] == pytest.approx(0.18)
+    assert d.adjusted["infant"] == pytest.approx(0.16)
+    assert d.adjusted["children"] == pytest.approx(0.2)
+    assert d.adjusted["infants"] == pytest.approx(0.2)
 
 
 def test_control_trigger_uses_raw_score_and_ignores_severity():
