@@ -443,3 +443,55 @@ def test_incidents_show_states_and_retention_end(quarantined, monkeypatch):
     assert [r["id"] for r in js(["incidents", "--state", "held"])] == [2]
     show = ok(["incident", "show", "2"]).stdout
     assert "hold 1 (statutory, active) until 2999-01-01T23:59:59.999999Z" in show
+
+
+# --- object lock (S3 vault on a real moto endpoint) --------------------------------------------
+
+def test_object_lock_blocks_purge_and_leaves_the_incident_whole(tmp_path, _isolated_env, s3,
+                                                                 monkeypatch):
+    bucket = s3.make_bucket(object_lock=True)
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FSQ_VAULT", f"s3://{bucket}/vault")
+    monkeypatch.setenv("FSQ_RETENTION_DAYS", "0")
+    root = tmp_path / "pictrs" / "files"
+    keys = make_store(root, 2, seed=5, megapixels=(0.01, 0.02))
+    (tmp_path / "known.txt").write_text("".join(
+        hashlib.sha256((root / k).read_bytes()).hexdigest() + "\n" for k in keys))
+    (tmp_path / "pass").write_text("pw\n")
+    (tmp_path / "pass").chmod(0o600)
+    ok(["init", "--passphrase-file", str(tmp_path / "pass")])
+    ok(["scan", "--all", "--source", f"file://{root}", "--hash-list",
+        str(tmp_path / "known.txt")])
+    before = {k: s3.client.get_object(Bucket=bucket, Key=k)["Body"].read()
+              for k in s3.keys(bucket)}
+    assert len(before) == 4
+
+    until = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("%Y-%m-%d")
+    h = js(["hold", "add", "1", "--kind", "law-enforcement", "--reason", "2703(f)",
+            "--until", until])
+    assert h["object_lock"]["entries"] == 1 and h["object_lock"]["errors"] == []
+    assert h["object_lock"]["locked_until"].startswith(until)
+    lifted = js(["hold", "lift", "1", "--reason", "request withdrawn"])
+    assert lifted["object_lock_until"].startswith(until)  # WORM: cannot be shortened
+    ok(["clear", "1", "--by", "H", "--reason", "done"])
+    ok(["clear", "2", "--by", "H", "--reason", "done"])
+
+    res = js(["purge", "--after-clearance"])  # blocked is not a failure of the run
+    by_id = {r["incident"]: r for r in res["results"]}
+    assert by_id[1]["status"] == "blocked"
+    assert by_id[1]["reasons"][0].startswith(f"object lock until {until}")
+    assert by_id[2]["status"] == "purged"
+    rows = {r["id"]: r for r in js(["incidents"])}
+    assert rows[1]["state"] == "cleared" and rows[1]["vault_entries"] == 1  # left whole
+    left = {k: s3.client.get_object(Bucket=bucket, Key=k)["Body"].read()
+            for k in s3.keys(bucket)}
+    mine = {f"vault/{n}" for n in names(entries_of(_isolated_env, 1))}
+    assert set(left) == mine and all(left[k] == before[k] for k in mine)
+    assert not any(s3.all_versions(bucket, f"vault/{n}")
+                   for n in names(entries_of(_isolated_env, 2)))
+    assert audit_events("purge.blocked", "incident:1")
+    r = ok(["purge", "--incident", "1", "--destruction-request", "DR-7", "--yes"], 3)
+    assert "BLOCKED" in r.stdout
+    assert js(["incidents"])[0]["state"] == "cleared"
+    ok(["audit", "verify"])
