@@ -66,6 +66,9 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
     iid = incident["id"]
     if incident["state"] in ("purged", "released"):
         raise UsageError(f"incident {iid} is already {incident['state']}; nothing to release")
+    if incident["state"] == "purging":
+        raise UsageError(f"incident {iid} is being purged (its keys may already be shredded); "
+                         "run `fsq purge --after-clearance` to finish, nothing to release")
     if not reason.strip():
         raise UsageError("--reason must say why this is a false positive")
     held = conn.execute("SELECT * FROM vault_entries WHERE incident_id=? AND state='done'",
