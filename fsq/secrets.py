@@ -1,0 +1,128 @@
+"""Passphrase intake: one way in, never out (STYLE.md #7; modelled on borg's
+``helpers/passphrase.py``).
+
+A passphrase reaches fsq in exactly one of three ways:
+
+1. the ``FSQ_VAULT_PASSPHRASE`` setting (the caller passes its value as ``env``),
+2. ``--passphrase-file FILE`` (first line of the file, trailing newline removed),
+3. an interactive prompt (``getpass``), only when stdin is a terminal and the command allows it.
+
+Giving both 1 and 2 is an error rather than a silent precedence rule: an admin who believes the
+file is used while a stale environment variable wins would lock evidence with the wrong
+passphrase. The value is wrapped in ``Secret`` straight away; ``repr``/``str`` print
+``Secret(***)``, pickling is refused, and no message built here ever contains the value.
+
+(The module name shadows the standard library's ``secrets`` only for code that does
+``from fsq import secrets``; ``import secrets`` elsewhere in the package still gets the stdlib.)
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import stat
+import sys
+
+from fsq.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_NAME = "FSQ_VAULT_PASSPHRASE"
+FILE_OPTION = "--passphrase-file"
+
+
+class Secret:
+    """A secret value that does not print itself. ``reveal()`` is the only way out."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | bytes) -> None:
+        if not isinstance(value, (str, bytes)):
+            raise TypeError("Secret wraps str or bytes")
+        self._value = value
+
+    def reveal(self) -> str | bytes:
+        return self._value
+
+    def reveal_bytes(self) -> bytes:
+        """The value as bytes (UTF-8 for a str), e.g. as KDF input."""
+        v = self._value
+        return v.encode("utf-8") if isinstance(v, str) else v
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "Secret(***)"
+
+    def __reduce__(self):  # pickle, copy: never let the value travel by accident
+        raise TypeError("a Secret cannot be pickled")
+
+
+def _read_file(path: str, what: str) -> Secret:
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode):
+                raise ConfigError(f"{FILE_OPTION} {path} is not a regular file")
+            data = f.readline()
+    except ConfigError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        log.warning("%s file %s is readable by group or others (mode %03o); run `chmod 600 %s`",
+                    what, path, stat.S_IMODE(st.st_mode), path)
+    if data.endswith(b"\n"):
+        data = data[:-1]
+        if data.endswith(b"\r"):
+            data = data[:-1]
+    if not data:
+        raise ConfigError(f"{what} file {path} is empty (the first line is the passphrase)")
+    try:
+        return Secret(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        # A binary passphrase (e.g. random bytes) is fine; keep it as bytes.
+        return Secret(data)
+
+
+def _prompt(what: str, confirm: bool) -> Secret:
+    try:
+        first = getpass.getpass(f"Enter {what}: ")
+        if not first:
+            raise ConfigError(f"empty {what}; an empty passphrase is not allowed")
+        if confirm:
+            second = getpass.getpass(f"Repeat {what}: ")
+            if second != first:
+                raise ConfigError(f"the two {what} entries differ; nothing was changed")
+    except EOFError:
+        raise ConfigError(f"no {what} entered") from None
+    return Secret(first)
+
+
+def get_passphrase(*, env: str | None, file: str | None, prompt: bool, confirm: bool = False,
+                   what: str = "vault passphrase", env_name: str = ENV_NAME) -> Secret:
+    """Return the passphrase from exactly one source (see the module docstring).
+
+    ``env`` is the setting's value (``None`` = unset), ``file`` the ``--passphrase-file``
+    path, ``prompt`` whether asking on the terminal is allowed, ``confirm`` whether a prompted
+    passphrase must be typed twice (for new or changed passphrases). ``env_name`` only names the
+    setting in messages. Raises ``ConfigError`` (exit 2) when the sources are ambiguous, when
+    none is available, or when the passphrase is empty.
+    """
+    if env is not None and file is not None:
+        raise ConfigError(f"ambiguous {what}: both {env_name} and {FILE_OPTION} are given; "
+                          f"unset {env_name} or drop {FILE_OPTION}")
+    if env is not None:
+        if env == "":
+            raise ConfigError(f"{env_name} is empty; an empty passphrase is not allowed")
+        return Secret(env)
+    if file is not None:
+        return _read_file(file, what)
+    if prompt and sys.stdin is not None and sys.stdin.isatty():
+        return _prompt(what, confirm)
+    raise ConfigError(f"no {what} given: set {env_name}, pass {FILE_OPTION} FILE, "
+                      "or run the command on a terminal to be prompted")
