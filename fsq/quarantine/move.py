@@ -292,7 +292,9 @@ class Quarantiner:
                 log.warning("recovery of %s: %s", row["key"], exc.reason)
                 counts["rolled_back"] += 1
         if hasattr(self.vault, "cleanup_temp"):
-            self.vault.cleanup_temp()
+            # Only old temp files: a young one may belong to a write in progress right now
+            # (fsq serve, a concurrent scan). Leftovers are invisible to names() anyway.
+            self.vault.cleanup_temp(min_age_seconds=3600)
         if any(counts.values()):
             audit.append(conn, "quarantine.recovered", "vault", counts)
         return counts
