@@ -299,13 +299,17 @@ def test_user_template_override(state, tmp_path):
     res = render.generate_report(state, iid, make_settings(tmp_path, templates_dir=str(tdir)))
     assert res.path.read_text() == f"<!doctype html><title>custom {iid}</title>{S.SHA}"
     # StrictUndefined: a typo in a template is an error, not an empty string
-    (tdir / "incident.html").write_text("{{ r.incident.no_such_field }}")
+    (tmp_path / "tpl2").mkdir()
+    (tmp_path / "tpl2" / "incident.html").write_text("{{ r.incident.no_such_field }}")
     with pytest.raises(UsageError, match="no_such_field"):
-        render.generate_report(state, iid, make_settings(tmp_path, templates_dir=str(tdir)))
+        render.generate_report(state, iid, make_settings(tmp_path,
+                                                         templates_dir=str(tmp_path / "tpl2")))
     # an override may include the shipped CSS partial
-    (tdir / "incident.html").write_text("<style>{% include '_style.css' %}</style>")
+    (tmp_path / "tpl3").mkdir()
+    (tmp_path / "tpl3" / "incident.html").write_text("<style>{% include '_style.css' %}</style>")
     assert "unicode-bidi" in render.generate_report(
-        state, iid, make_settings(tmp_path, templates_dir=str(tdir))).path.read_text()
+        state, iid, make_settings(tmp_path, templates_dir=str(tmp_path / "tpl3"))
+    ).path.read_text()
 
 
 def test_missing_template_dir_is_config_error(state, tmp_path):

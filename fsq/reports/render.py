@@ -18,6 +18,7 @@ each generation is an audit event ``report.generated`` with the HTML's SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -136,14 +137,24 @@ def _clip(v: Any, n: int) -> Any:
 
 
 def make_env(templates_dir: str | os.PathLike | None = None) -> jinja2.Environment:
-    loaders: list[jinja2.BaseLoader] = []
+    """The Jinja2 environment (cached per template directory: compiling the template costs
+    more than rendering it; ``auto_reload`` still picks up edited templates)."""
+    user = None
     if templates_dir:
         p = Path(templates_dir).expanduser()
         if not p.is_dir():
             raise ConfigError(f"FSQ_TEMPLATES_DIR {p} is not a directory; create it or unset "
                               "the setting")
-        loaders.append(jinja2.FileSystemLoader(str(p)))
-    loaders.append(jinja2.FileSystemLoader(str(shipped_templates_dir())))
+        user = str(p.resolve())
+    return _env(user, str(shipped_templates_dir()))
+
+
+@functools.lru_cache(maxsize=8)
+def _env(user: str | None, shipped: str) -> jinja2.Environment:
+    loaders: list[jinja2.BaseLoader] = []
+    if user:
+        loaders.append(jinja2.FileSystemLoader(user))
+    loaders.append(jinja2.FileSystemLoader(shipped))
     env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
