@@ -153,7 +153,8 @@ def seed_lemmy(url: str, version: str) -> dict[str, int]:
             ap_id=f"https://{REMOTE}/post/4")
         ids["comment_nested"] = ins(
             "comment", creator_id=ids["remote_guy"], post_id=ids["post_other"], local=False,
-            content=f"<script>alert(2)</script> look ![]({proxy_url(image_url(ALIAS, version), version)})",
+            content="<script>alert(2)</script> look "
+                    f"![]({proxy_url(image_url(ALIAS, version), version)})",
             ap_id=f"https://{REMOTE}/comment/1")
         ids["comment_proxy"] = ins(
             "comment", creator_id=ids["remote_guy"], post_id=ids["post_other"], local=False,

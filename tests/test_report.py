@@ -236,6 +236,23 @@ def test_report_marks_viewed_and_hash_match(pg_new_db, state, tmp_path):
     assert "Fired concepts" not in html
 
 
+@pytest.mark.postgres
+def test_orphan_is_said_to_be_an_orphan(pg_new_db, state, tmp_path):
+    from fsq.lemmy import pictrs_api
+    lemmy = pg_new_db()
+    S.seed_lemmy(lemmy, "1.0")
+    pictrs_api.cache_put(state, [("or/phan.png", "0f0f0f0f-1111-4222-8333-444455556666.png")],
+                         "test")
+    iid = make_incident(state, keys=("or/phan.png",), sha="cd" * 32)
+    res = render.generate_report(state, iid, make_settings(
+        tmp_path, lemmy_database_url=lemmy, instance_url=S.INSTANCE_URL))
+    html = res.path.read_text()
+    assert "<b>Orphan:</b> no Lemmy post, comment" in html
+    assert "<b>Orphan.</b>" in html
+    assert res.model["cybertip"]["file"]["locationOfFile"] == [
+        f"{S.INSTANCE_URL}/api/v4/image/0f0f0f0f-1111-4222-8333-444455556666.png"]
+
+
 def test_no_linkage_still_renders(state, tmp_path):
     iid = make_incident(state, reported=False)
     res = render.generate_report(state, iid, make_settings(tmp_path))
