@@ -22,8 +22,9 @@ and verdict 'unreadable', flag = 406 and sealed) and classify.
 Batching: handlers put uploads on an asyncio queue bounded by ``serve_queue`` (full ->
 overload policy). One worker task takes what is queued, up to ``batch_size`` uploads; a lone
 upload waits ``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker
-thread: hash, cheap checks, decode, preprocess, then ONE classifier call for the whole batch,
-then per upload: record, seal if flagged, answer. A request waits at most ``serve_timeout``
+thread: hash and cheap checks, then decode and preprocess (spread over ``workers`` threads),
+then ONE classifier call for the whole batch, then per upload: record, seal if flagged,
+answer. A request waits at most ``serve_timeout``
 seconds (keep it below pict-rs's timeout) from its start, then the on-error policy answers;
 the upload is still checked and recorded afterwards, and sealed if flagged.
 
@@ -177,7 +178,7 @@ class Validator:
 
     def __init__(self, *, conn: sqlite3.Connection, classifier: Classifier, quarantiner: Any,
                  scan_cfg: ScanConfig, opts: ServeOptions, known: dict[str, str],
-                 run_id: int | None = None) -> None:
+                 run_id: int | None = None, workers: int = 1) -> None:
         self.conn = conn
         self.classifier = classifier
         self.quarantiner = quarantiner
@@ -190,8 +191,12 @@ class Validator:
         self._queue: asyncio.Queue[Upload | None] | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One thread: all model work and every database write happen on it.
+        # One thread: all model work and every database access happen on it. Decoding and
+        # preprocessing of a batch fan out to ``workers`` threads (no database access there).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsq-serve")
+        self._decode_pool = (ThreadPoolExecutor(max_workers=workers,
+                                                thread_name_prefix="fsq-serve-decode")
+                             if workers > 1 else None)
         # Bodies in memory are bounded too, not only the queue (each up to max_body).
         self._admit_limit = opts.queue + 2 * opts.batch_size
         self._closed = False
@@ -211,6 +216,8 @@ class Validator:
             await self._task
         await asyncio.get_running_loop().run_in_executor(self._executor, self.close)
         self._executor.shutdown(wait=True)
+        if self._decode_pool is not None:
+            self._decode_pool.shutdown(wait=True)
 
     def close(self) -> None:
         if self._closed:
@@ -285,12 +292,14 @@ class Validator:
     def process_batch(self, batch: list[Upload]) -> None:
         self.metrics.batch(len(batch))
         items = [_Item(up) for up in batch]
-        for it in items:
-            try:
-                self._prepare(it)
-            except Exception as exc:  # this upload only (resource problem or a bug)
-                log.exception("checking upload %s failed", it.up.request_id)
-                it.error = f"check failed: {exc.__class__.__name__}"
+        for it in items:  # database reads stay on this thread
+            self._guard(it, self._precheck)
+        todo = [it for it in items if it.verdict is None and it.error is None]
+        if len(todo) > 1 and self._decode_pool is not None:
+            list(self._decode_pool.map(lambda it: self._guard(it, self._decode), todo))
+        else:
+            for it in todo:
+                self._guard(it, self._decode)
         need = [it for it in items if it.tensors is not None and it.error is None]
         if need:
             self.metrics.add("model_calls")
@@ -313,17 +322,27 @@ class Validator:
         for it in items:
             self._conclude(it)
 
-    def _prepare(self, it: _Item) -> None:
+    @staticmethod
+    def _guard(it: _Item, step) -> None:
+        try:
+            step(it)
+        except Exception as exc:  # this upload only (resource problem or a bug)
+            log.exception("checking upload %s failed", it.up.request_id)
+            it.error = f"check failed: {exc.__class__.__name__}"
+
+    def _precheck(self, it: _Item) -> None:
+        """Hashes and the checks that need no decoding (worker thread: reads the DB)."""
         data = it.up.data
         it.sha256, it.md5 = hashes(data)
         it.sniffed = sniff(data)
         v = precheck(self.conn, it.sha256, it.md5, self.known, use_cache=True)
         if v is not None and v.method == "cache" and v.outcome == "unreadable":
             v = None  # cheap to decode again, and then the current --unreadable applies
-        if v is not None:
-            it.verdict = v
-            return
-        it.decoded, it.verdict = decode_or_verdict(data, self.cfg)
+        it.verdict = v
+
+    def _decode(self, it: _Item) -> None:
+        """Decode and preprocess (decode pool: Pillow and numpy release the GIL)."""
+        it.decoded, it.verdict = decode_or_verdict(it.up.data, self.cfg)
         if it.verdict is not None:
             return
         assert it.decoded is not None
@@ -536,7 +555,7 @@ def open_validator(settings: Any, *, classifier: Classifier | None = None) -> Va
         log.warning("no FSQ_SERVE_TOKEN: any local process can call /validate (allowed on "
                     "loopback only)")
     return Validator(conn=conn, classifier=classifier, quarantiner=quarantiner, scan_cfg=cfg,
-                     opts=opts, known=known, run_id=run_id)
+                     opts=opts, known=known, run_id=run_id, workers=settings.workers)
 
 
 def create_app(validator: Validator) -> Any:
