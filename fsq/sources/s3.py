@@ -21,14 +21,15 @@ versioned bucket only hides the object behind a delete marker and the bytes stay
 Older versions are deleted as they are: fsq sealed the current bytes, not older ones (pict-rs
 writes each key once, so in practice there is only one version).
 
-Daemon cursor (see ``cursor_after_listing``): S3 ``LastModified`` is when the upload *started*
+Daemon cursor (owned by ``fsq.pipeline``): S3 ``LastModified`` is when the upload *started*
 (for multipart uploads: when it was initiated), but the object only becomes visible when it
-completes. An object can therefore appear in a listing that starts *after* its LastModified,
-and a cursor "newest LastModified seen" would skip it forever. The safe cursor is the time the
-listing *started* minus a margin longer than any upload plus clock skew; everything at or after
-it is looked at again and the (size, mtime) unchanged-check in the state database skips the
-repeats without a GET. S3 cannot filter a listing by time, so the cursor only saves database
-look-ups; it never decides alone that an object is old.
+completes. An object can therefore first appear in a listing that starts *after* its
+LastModified, and a cursor "newest LastModified seen" would skip it for ever. The pipeline's
+cursor is instead the time the last *complete* listing started, and the next pass re-checks
+everything modified since ``cursor - CURSOR_MARGIN_S`` (the margin covers upload time and clock
+skew between this host and the store); the (size, mtime) unchanged-check in the state database
+skips the repeats without a GET. S3 cannot filter a listing by time, so every pass still lists
+every key; the cursor only saves database look-ups and never decides alone that a key is old.
 """
 
 from __future__ import annotations
@@ -43,25 +44,10 @@ from urllib.parse import unquote, urlsplit
 from fsq.errors import ConfigError, SourceError, UsageError
 from fsq.sources.base import ObjectError, ObjectInfo, ObjectMissing, Source, check_key
 
-#: Default overlap of the daemon cursor: longer than a slow multipart upload plus clock skew.
-CURSOR_MARGIN_SECONDS = 3600.0
-
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _BUCKET_CODES = {"NoSuchBucket"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
                "ExpiredToken", "InvalidToken", "AuthorizationHeaderMalformed"}
-
-
-def cursor_after_listing(listing_started: float,
-                         margin: float = CURSOR_MARGIN_SECONDS) -> float:
-    """Cursor to store after a *complete* listing that began at ``listing_started`` (epoch).
-
-    On the next pass, objects with ``mtime >= cursor`` must be checked against the state
-    database (unchanged size and mtime -> skipped without a GET); older ones may be skipped
-    without a look-up. Never use the newest LastModified seen: see the module docstring.
-    A listing that failed part-way must not advance the cursor at all.
-    """
-    return listing_started - margin
 
 
 def parse_s3_url(url: str, what: str = "source") -> tuple[str, str]:
