@@ -167,6 +167,13 @@ class _Item:
     error: str | None = None
 
 
+def _printable(value: str | None, limit: int = 200) -> str | None:
+    """A client-sent header value made safe for log lines, audit details and metadata."""
+    if value is None:
+        return None
+    return "".join(c if c.isprintable() else "?" for c in value[:limit])
+
+
 def upload_key(arrived_at: str, sha256: str | None) -> str:
     return f"upload/{arrived_at}-{(sha256 or 'unhashed')[:16]}"
 
@@ -434,7 +441,7 @@ class Validator:
         path_token = request.path_params.get("token")
         path = "/validate/***" if path_token is not None else "/validate"
         client = (f"{request.client.host}:{request.client.port}" if request.client else None)
-        ctype = request.headers.get("content-type")
+        ctype = _printable(request.headers.get("content-type"))
         size = 0
         m = self.metrics
 
