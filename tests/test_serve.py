@@ -493,3 +493,9 @@ def test_sigkill_during_upload_seal_is_finished_at_next_start(keys, tiny_model, 
     assert [r["action"] for r in db_rows("SELECT action FROM audit ORDER BY seq")][-4:-2] == \
         ["quarantined", "quarantine.recovered"]
     assert len(vault_bytes()) == 2 and all(CANARY not in blob for blob in vault_bytes())
+
+
+def test_serve_without_vault_key_says_what_to_do(fsq, tiny_model, tmp_path):
+    r = fsq(["serve", "--model", str(tiny_model[0]), "--pretrained", str(tiny_model[1])])
+    assert r.exit_code == 2 and "vault public key" in r.stderr and "fsq init" in r.stderr
+    assert not Path("fsq.db").exists()  # failed before touching anything

@@ -327,7 +327,11 @@ class Validator:
             for it in need:
                 it.tensors = None
         for it in items:
-            self._conclude(it)
+            try:
+                self._conclude(it)
+            except Exception:  # a bug: answer this upload by policy, go on with the others
+                log.exception("recording upload %s failed", it.up.request_id)
+                self._resolve(it.up, Outcome("error", "internal error", sha256=it.sha256))
 
     @staticmethod
     def _guard(it: _Item, step) -> None:
@@ -536,9 +540,14 @@ def open_validator(settings: Any, *, classifier: Classifier | None = None) -> Va
     seals a crash interrupted, and record the start of the run. Fails fast (exit 2/3) before
     anything listens."""
     from fsq.ledger.db import connect
-    from fsq.runtime import build_classifier, build_quarantiner, load_concept_set, scan_config
+    from fsq.runtime import (build_classifier, build_quarantiner, load_concept_set,
+                             public_key_path, scan_config)
 
     opts = ServeOptions.from_settings(settings)
+    if not public_key_path(settings).exists():
+        raise ConfigError(f"vault public key {public_key_path(settings)} not found: run "
+                          "`fsq init` (elsewhere, keeping the private key there) and copy "
+                          "vault.pub here, or set FSQ_VAULT_PUBLIC_KEY")
     concepts = load_concept_set(settings)
     cfg = scan_config(settings, dry_run=False, rescan=False, mode="serve", concepts=concepts)
     known = load_hash_lists(cfg.hash_lists)
