@@ -220,14 +220,14 @@ BAD_KEYS = ["../x", "/etc/passwd", "a/../../b", "a/../b", "a//b", "./a", "a/.", 
             "..\\x", "a/"]
 
 
-@pytest.mark.parametrize("key", BAD_KEYS)
-def test_traversal_keys_rejected_everywhere(h: Harness, key: str):
+def test_traversal_keys_rejected_everywhere(h: Harness):
     h.plant("a/b", b"inside")
-    for call in (lambda: h.src.read(key), lambda: h.src.stat(key),
-                 lambda: h.src.remove(key), lambda: h.src.write(key, b"evil"),
-                 lambda: h.src.write(key, b"evil", overwrite=True)):
-        with pytest.raises(UsageError):
-            call()
+    for key in BAD_KEYS:
+        for call in (lambda: h.src.read(key), lambda: h.src.stat(key),
+                     lambda: h.src.remove(key), lambda: h.src.write(key, b"evil"),
+                     lambda: h.src.write(key, b"evil", overwrite=True)):
+            with pytest.raises(UsageError):
+                call()
     assert h.raw("a/b") == b"inside"
     assert set(h.listed()) == {"a/b"}
     if h.outside is not None:
