@@ -138,3 +138,48 @@ def test_sftp_open_while_server_down(sshd):
     sshd.stop()
     with pytest.raises(SourceError, match="unreachable"):
         SFTPSource.from_url(sshd.url(), sshd.settings())
+
+
+@pytest_sshd
+def test_sftp_outage_noise_from_paramiko_is_silenced(sshd, monkeypatch):
+    """paramiko's read-ahead thread dies with a traceback when the connection drops under it;
+    fsq reports the outage itself in one line, so exactly that traceback is swallowed."""
+    import threading
+
+    seen: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.thread.name))
+    src = SFTPSource.from_url(sshd.url(), sshd.settings())
+
+    def _prefetch_thread():  # the name paramiko's thread target has
+        raise EOFError()
+
+    def unrelated():
+        raise EOFError()
+
+    for target in (_prefetch_thread, unrelated):
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+    assert len(seen) == 1 and seen[0].endswith("(unrelated)")
+    import logging
+    assert logging.getLogger("paramiko").level == logging.CRITICAL
+    src.close()
+
+
+@pytest_sshd
+def test_sftp_channels_per_thread_and_closed_when_threads_end(sshd):
+    """Each pipeline pass runs new worker threads; their SFTP channels must not pile up past
+    sshd's MaxSessions over a daemon's lifetime (30 passes x 1 thread here, limit 20)."""
+    import threading
+
+    (sshd.root / "a.jpg").write_bytes(b"A")
+    src = SFTPSource.from_url(sshd.url(), sshd.settings())
+    for _ in range(30):
+        out: list[bytes] = []
+        t = threading.Thread(target=lambda: out.append(src.read("a.jpg")))
+        t.start()
+        t.join()
+        assert out == [b"A"]
+    assert len(src._channels) <= 2  # this thread's and the last worker's at most
+    assert src.reconnects == 0
+    src.close()

@@ -17,8 +17,9 @@ OpenSSH does:
   person must confirm by editing known_hosts. Exit 4 rather than 3 so that a wrapper or the
   daemon that retries on "service failed" does not treat a possible MITM as an outage.
 
-One SSH connection and one SFTP channel serve every thread; calls are serialised by a lock
-(paramiko's SFTPClient is not meant for concurrent use). A dropped connection is reopened with
+One persistent SSH connection; each thread that uses the source gets its own SFTP channel on
+it (paramiko's SFTPClient is not meant for concurrent use, and separate channels let the
+pipeline's fetch workers overlap their round trips). A dropped connection is reopened with
 bounded retries and backoff (3 attempts); after that the call raises ``SourceError`` (exit 3).
 Each operation is safe to repeat after a reconnect (``write`` recognises its own earlier,
 completed attempt).
@@ -47,6 +48,7 @@ import base64
 import errno
 import getpass
 import hashlib
+import logging
 import os
 import posixpath
 import secrets
@@ -65,6 +67,31 @@ try:
     import paramiko
 except ImportError:  # pragma: no cover - depends on the install
     paramiko = None  # type: ignore[assignment]
+
+log = logging.getLogger("fsq.sftp")
+
+
+def _quiet_paramiko() -> None:
+    """fsq reports connection failures itself, in one line (ARCHITECTURE.md). paramiko would
+    also log "Socket exception: ..." at ERROR, and its read-ahead ("prefetch") thread dies
+    with a traceback when the connection drops under it; silence exactly those two."""
+    plog = logging.getLogger("paramiko")
+    if plog.level == logging.NOTSET:  # an explicit level set by someone else wins
+        plog.setLevel(logging.CRITICAL)
+    previous = threading.excepthook
+    if getattr(previous, "_fsq_sftp", False):
+        return
+
+    def hook(args: Any) -> None:
+        name = getattr(args.thread, "name", "") or ""
+        if name.endswith("(_prefetch_thread)") and isinstance(
+                args.exc_value, (EOFError, OSError, paramiko.SSHException)):
+            log.debug("SFTP read-ahead stopped: %s", args.exc_type.__name__)
+            return
+        previous(args)
+
+    hook._fsq_sftp = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 Prompt = Callable[[str], str]
 
@@ -218,6 +245,7 @@ class SFTPSource(Source):
                  prompt: Prompt | None = None, attempts: int = DEFAULT_ATTEMPTS,
                  backoff: float = DEFAULT_BACKOFF, timeout: float = DEFAULT_TIMEOUT) -> None:
         _need_paramiko()
+        _quiet_paramiko()
         if not root.startswith("/"):
             raise UsageError(f"SFTP source path {root!r} must be absolute, e.g. "
                              "sftp://user@host/srv/pictrs/files")
@@ -234,9 +262,10 @@ class SFTPSource(Source):
         self.timeout = timeout
         self._pkey = load_private_key(getattr(settings, "sftp_key_file", None),
                                       getattr(settings, "sftp_key_passphrase", None), prompt)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the connection and the channel table
         self._ssh: Any = None
-        self._sftp: Any = None
+        self._gen = 0                    # bumped on every (re)connect
+        self._channels: dict[int, tuple[int, Any]] = {}  # thread id -> (gen, SFTPClient)
         self._real_root: str | None = None
         self.reconnects = 0  # how many times a lost connection was reopened (for tests/logs)
         self._op(lambda sftp: None)  # connect now: host key and auth problems show up early
@@ -314,7 +343,9 @@ class SFTPSource(Source):
         except BaseException:
             client.close()
             raise
-        self._ssh, self._sftp = client, sftp
+        self._ssh = client
+        self._gen += 1
+        self._channels = {threading.get_ident(): (self._gen, sftp)}
         if self._real_root is None:
             try:
                 real = sftp.normalize(self.root)
@@ -333,10 +364,10 @@ class SFTPSource(Source):
             self._real_root = real.rstrip("/") or "/"
 
     def _drop(self) -> None:
-        ssh, self._ssh, self._sftp = self._ssh, None, None
+        ssh, self._ssh, self._channels = self._ssh, None, {}
         if ssh is not None:
             try:
-                ssh.close()
+                ssh.close()  # closes every channel with it
             except Exception:  # pragma: no cover - best effort
                 pass
 
@@ -344,36 +375,74 @@ class SFTPSource(Source):
         t = self._ssh.get_transport() if self._ssh is not None else None
         return bool(t is not None and t.is_active())
 
-    def _op(self, fn: Callable[[Any], Any], key: str | None = None) -> Any:
-        """Run ``fn(sftp)`` under the lock, reconnecting on connection loss (bounded)."""
-        last: BaseException | None = None
+    def _channel(self, had_failure: bool) -> tuple[int, Any]:
+        """(generation, SFTP channel of the calling thread), connecting if needed.
+
+        One SSH connection, one SFTP channel per thread on it: paramiko's SFTPClient is not
+        meant to be shared between threads, and separate channels let the pipeline's workers
+        overlap their round trips. Channels of threads that ended are closed here, so a
+        daemon with new worker threads each pass stays under sshd's MaxSessions (default 10).
+        """
         with self._lock:
-            for attempt in range(self.attempts):
-                if attempt:
-                    time.sleep(self.backoff * (2 ** (attempt - 1)))
+            if self._ssh is None or not self._alive():
+                if self._ssh is not None or had_failure:
+                    self.reconnects += 1
+                self._drop()
+                self._connect()
+            me = threading.get_ident()
+            mine = self._channels.get(me)
+            if mine is not None and mine[0] == self._gen:
+                return mine
+            living = {t.ident for t in threading.enumerate()}
+            for tid in [t for t in self._channels if t not in living]:
                 try:
-                    if self._sftp is None or not self._alive():
-                        if self._sftp is not None or last is not None:
-                            self.reconnects += 1
-                        self._drop()
-                        self._connect()
-                    return fn(self._sftp)
-                except (ConfigError, IntegrityError, SourceError, ObjectError, UsageError):
-                    raise
-                except (EOFError, socket.timeout, paramiko.SSHException,
-                        paramiko.sftp.SFTPError) as exc:
-                    last = exc
-                    self._drop()
-                except OSError as exc:
-                    # File-level errors (ENOENT, EACCES, SSH_FX_FAILURE) arrive as OSError too;
-                    # only a dead transport means the connection is the problem.
-                    if self._sftp is not None and self._alive():
-                        if isinstance(exc, FileNotFoundError) and key is not None:
-                            raise ObjectMissing(key) from None
-                        raise ObjectError(key or "(source)", exc.strerror or str(exc)) \
-                            from None
-                    last = exc
-                    self._drop()
+                    self._channels.pop(tid)[1].close()
+                except Exception:  # pragma: no cover - best effort
+                    pass
+            try:
+                sftp = self._ssh.open_sftp()
+            except paramiko.ChannelException:
+                raise SourceError(
+                    f"SFTP server {known_hosts_name(self.host, self.port)} refused another "
+                    f"session ({len(self._channels)} open); lower FSQ_WORKERS or raise "
+                    "MaxSessions in its sshd_config") from None
+            self._channels[me] = (self._gen, sftp)
+            return self._channels[me]
+
+    def _lost(self, gen: int) -> None:
+        """The connection of generation ``gen`` failed: drop it unless already replaced."""
+        with self._lock:
+            if self._gen == gen:
+                self._drop()
+
+    def _op(self, fn: Callable[[Any], Any], key: str | None = None) -> Any:
+        """Run ``fn(sftp)`` on this thread's channel, reconnecting on connection loss
+        (bounded attempts with backoff). ``fn`` must be safe to repeat."""
+        last: BaseException | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.backoff * (2 ** (attempt - 1)))
+            gen = -1
+            try:
+                gen, sftp = self._channel(last is not None)
+                return fn(sftp)
+            except (ConfigError, IntegrityError, SourceError, ObjectError, UsageError):
+                raise
+            except (EOFError, socket.timeout, paramiko.SSHException,
+                    paramiko.sftp.SFTPError) as exc:
+                last = exc
+                self._lost(gen)
+            except OSError as exc:
+                # File-level errors (ENOENT, EACCES, SSH_FX_FAILURE) arrive as OSError too;
+                # only a dead transport means the connection is the problem.
+                with self._lock:
+                    alive = self._gen == gen and self._alive()
+                if alive:
+                    if isinstance(exc, FileNotFoundError) and key is not None:
+                        raise ObjectMissing(key) from None
+                    raise ObjectError(key or "(source)", exc.strerror or str(exc)) from None
+                last = exc
+                self._lost(gen)
         name = known_hosts_name(self.host, self.port)
         what = last.__class__.__name__ if last is not None else "error"
         raise SourceError(f"SFTP server {name} unreachable or connection lost ({what}) after "
