@@ -102,6 +102,9 @@ class ScanConfig:
     concepts_digest: str | None = None
     severity: str | None = None
     rule_version: str | None = None
+    # Everything that can change a verdict, recorded with each run; a difference from the
+    # previous run of the same source is audited as settings.changed.
+    decision_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +214,8 @@ class Scanner:
         s = Summary(dry_run=self.cfg.dry_run)
         t0 = time.monotonic()
         src = self.source.url
-        run_id = state.start_run(self.conn, src, self.cfg.mode, self.cfg.dry_run)
+        run_id = state.start_run(self.conn, src, self.cfg.mode, self.cfg.dry_run,
+                                 settings=self.cfg.decision_settings or None)
         s.run_id = run_id
         since = None
         if self.cfg.mode == "daemon" and not self.cfg.rescan:

@@ -7,6 +7,7 @@ classifier is actually built.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +54,29 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
-        severity=settings.severity, rule_version=RULE_VERSION)
+        severity=settings.severity, rule_version=RULE_VERSION,
+        decision_settings=decision_settings(settings, cs.digest, RULE_VERSION))
+
+
+def _file_digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def decision_settings(settings: Settings, concepts_digest: str, rule_version: str
+                      ) -> dict[str, Any]:
+    """The settings that can change a verdict (no secrets), for the audit trail."""
+    return {
+        "model": settings.model, "pretrained": settings.pretrained,
+        "concepts": settings.concepts or "(shipped)", "concepts_digest": concepts_digest,
+        "severity": settings.severity, "rule_version": rule_version,
+        "unreadable": settings.unreadable, "max_pixels": settings.max_pixels,
+        "max_bytes": settings.max_bytes,
+        "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
+    }
 
 
 def build_quarantiner(settings: Settings):

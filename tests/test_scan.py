@@ -216,3 +216,19 @@ def test_daemon_covers_files_added_between_passes(small_store, tiny_model, tmp_p
     runs = conn.execute("SELECT mode, status FROM scan_runs").fetchall()
     assert len(runs) >= 2 and all(r["mode"] == "daemon" for r in runs)
     assert conn.execute("SELECT value FROM cursors").fetchone() is not None
+
+
+def test_changed_verdict_settings_are_audited(small_store, tiny_model, tmp_path, fsq):
+    store, _ = small_store
+    concepts = concepts_file(tmp_path, 1.5)
+    fsq(scan_args(store, tiny_model, concepts, "--dry-run"))
+    fsq(scan_args(store, tiny_model, concepts, "--dry-run"))
+    log = json.loads(fsq(["audit", "log", "--json", "--limit", "1000"]).stdout)
+    assert not [e for e in log if e["action"] == "settings.changed"]
+    fsq(scan_args(store, tiny_model, concepts, "--dry-run", "--severity", "lenient"))
+    log = json.loads(fsq(["audit", "log", "--json", "--limit", "1000"]).stdout)
+    (ev,) = [e for e in log if e["action"] == "settings.changed"]
+    assert ev["details"]["changed"] == {"severity": {"old": "balanced", "new": "lenient"}}
+    started = [e for e in log if e["action"] == "scan.started"]
+    assert started[-1]["details"]["settings"]["concepts_digest"]
+    assert fsq(["audit", "verify"]).exit_code == 0

@@ -121,13 +121,35 @@ def allowlist_add(conn: sqlite3.Connection, sha256: str, reason: str,
 
 # --- runs and cursors --------------------------------------------------------------------------
 
-def start_run(conn: sqlite3.Connection, source: str, mode: str, dry_run: bool) -> int:
+def _previous_settings(conn: sqlite3.Connection, source: str) -> dict[str, Any] | None:
+    for (details,) in conn.execute("SELECT details FROM audit WHERE action='scan.started' "
+                                   "ORDER BY seq DESC LIMIT 200"):
+        d = json.loads(details)
+        if d.get("source") == source and "settings" in d:
+            return d["settings"]
+    return None
+
+
+def start_run(conn: sqlite3.Connection, source: str, mode: str, dry_run: bool,
+              settings: dict[str, Any] | None = None) -> int:
+    """Record a run's start. ``settings`` (verdict-relevant, no secrets) go into the audit
+    event; if they differ from the previous run of this source, a ``settings.changed`` event
+    names each changed setting with its old and new value."""
     with transaction(conn):
         cur = conn.execute("INSERT INTO scan_runs (started_at, source, mode, dry_run) "
                            "VALUES (?,?,?,?)", (iso(), source, mode, int(dry_run)))
         run_id = int(cur.lastrowid)
-        audit.append(conn, "scan.started", f"run:{run_id}",
-                     {"source": source, "mode": mode, "dry_run": dry_run})
+        details: dict[str, Any] = {"source": source, "mode": mode, "dry_run": dry_run}
+        if settings is not None:
+            details["settings"] = settings
+            prev = _previous_settings(conn, source)
+            if prev is not None and prev != settings:
+                changed = {k: {"old": prev.get(k), "new": settings.get(k)}
+                           for k in sorted(set(prev) | set(settings))
+                           if prev.get(k) != settings.get(k)}
+                audit.append(conn, "settings.changed", f"run:{run_id}",
+                             {"source": source, "changed": changed})
+        audit.append(conn, "scan.started", f"run:{run_id}", details)
     return run_id
 
 
