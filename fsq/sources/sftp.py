@@ -101,6 +101,9 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF = 0.5
 #: TCP connect / banner / auth timeout in seconds.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds without an answer on an SFTP channel before the connection counts as lost (a hung
+#: server must not hang the scan; the operation is then retried on a new connection).
+CHANNEL_TIMEOUT = 60.0
 
 
 def _need_paramiko() -> None:
@@ -340,6 +343,7 @@ class SFTPSource(Source):
             raise
         try:
             sftp = client.open_sftp()
+            sftp.get_channel().settimeout(CHANNEL_TIMEOUT)
         except BaseException:
             client.close()
             raise
@@ -401,6 +405,7 @@ class SFTPSource(Source):
                     pass
             try:
                 sftp = self._ssh.open_sftp()
+                sftp.get_channel().settimeout(CHANNEL_TIMEOUT)
             except paramiko.ChannelException:
                 raise SourceError(
                     f"SFTP server {known_hosts_name(self.host, self.port)} refused another "
@@ -408,6 +413,15 @@ class SFTPSource(Source):
                     "MaxSessions in its sshd_config") from None
             self._channels[me] = (self._gen, sftp)
             return self._channels[me]
+
+    @staticmethod
+    def _answers(sftp: Any) -> bool:
+        """True if the server still answers on this channel (one round trip)."""
+        try:
+            sftp.normalize(".")
+            return True
+        except Exception:
+            return False
 
     def _lost(self, gen: int) -> None:
         """The connection of generation ``gen`` failed: drop it unless already replaced."""
@@ -422,7 +436,7 @@ class SFTPSource(Source):
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.backoff * (2 ** (attempt - 1)))
-            gen = -1
+            gen, sftp = -1, None
             try:
                 gen, sftp = self._channel(last is not None)
                 return fn(sftp)
@@ -433,11 +447,12 @@ class SFTPSource(Source):
                 last = exc
                 self._lost(gen)
             except OSError as exc:
-                # File-level errors (ENOENT, EACCES, SSH_FX_FAILURE) arrive as OSError too;
-                # only a dead transport means the connection is the problem.
-                with self._lock:
-                    alive = self._gen == gen and self._alive()
-                if alive:
+                # File-level errors (ENOENT, EACCES, SSH_FX_FAILURE) arrive as OSError too, and
+                # so do some connection failures ("Socket is closed"). A file-level error must
+                # not be retried, a lost connection must never be recorded against the object
+                # (the next scan would take it as done): ask the server to be sure.
+                if sftp is not None and not isinstance(exc, ConnectionError) \
+                        and self._answers(sftp):
                     if isinstance(exc, FileNotFoundError) and key is not None:
                         raise ObjectMissing(key) from None
                     raise ObjectError(key or "(source)", exc.strerror or str(exc)) from None
