@@ -209,9 +209,15 @@ class ClipClassifier:
             quick_gelu = bool(tag_cfg.get("quick_gelu", False))
             tag_pp = {k: v for k, v in tag_cfg.items() if k in _PREPROCESS_KEYS}
 
-        self.model = self._build(open_clip, arch_name, model if config_file else arch_label,
-                                 quick_gelu, {**tag_pp, **arch_pp})
-        self._load_weights(open_clip, self.model, self.checkpoint, arch_label)
+        build_label = model if config_file else arch_label
+        self.model = self._build(open_clip, arch_name, build_label, quick_gelu,
+                                 {**tag_pp, **arch_pp})
+        if not self._load_weights_lean(open_clip, self.model, self.checkpoint):
+            # The lean load gave up (unusual checkpoint or model): the classic route, on a
+            # freshly built model, raises the one-line error if the file is unusable.
+            self.model = self._build(open_clip, arch_name, build_label, quick_gelu,
+                                     {**tag_pp, **arch_pp})
+            self._load_weights(open_clip, self.model, self.checkpoint, arch_label)
         self.model.eval()
         self._arch_name = arch_name
         self._setup_preprocess(self.model)
@@ -226,6 +232,8 @@ class ClipClassifier:
         if self._dtype != torch.float32:
             self.model.to(dtype=self._dtype)
         self.model.to(self.device)
+        # The text tower is never used again: free it (ViT-L-14: 123 M parameters, ~0.5 GB).
+        _drop_text_tower(self.model)
 
         if self.model_id != concepts.calibrated_for:
             hint = (f" If this checkpoint holds the {concepts.calibrated_for} weights, set "
@@ -547,6 +555,72 @@ class ClipClassifier:
             root.removeFilter(drop)
 
     @staticmethod
+    def _load_weights_lean(open_clip: Any, model: Any, path: str) -> bool:
+        """Load the checkpoint without holding two copies of the weights; False = not done.
+
+        The classic route copies the loaded state dict into the randomly initialised
+        parameters, so for a moment the process holds both (ViT-L-14: 2 x 1.7 GB, a 4 GB peak).
+        Here the random parameters are released first and the loaded tensors are *assigned*
+        (``load_state_dict(assign=True)``); each one is then cast back to the dtype the model
+        was built with, which is what the copy did implicitly (OpenAI's checkpoints are fp16).
+        Same checks (strict keys and shapes), same conversions (open_clip.load_checkpoint).
+        Any failure returns False: the model is then unusable and the caller rebuilds it and
+        takes the classic route, which produces the usual error for a bad file.
+        """
+        if Path(path).suffix.lower() in (".npz", ".npy"):
+            return False  # big_vision loader copies into the existing parameters
+        named = list(model.named_parameters(remove_duplicate=False))
+        if len({id(p) for _, p in named}) != len(named):
+            return False  # tied weights would come apart under assign
+        dtypes = {**{n: p.dtype for n, p in named},
+                  **{n: b.dtype for n, b in model.named_buffers()}}
+        del named  # no references to the random parameters may survive the swap below
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(
+                        torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        _malloc_trim()
+        original = model.load_state_dict
+
+        def assign(state_dict: Any, strict: bool = True, **kw: Any) -> Any:
+            return original(state_dict, strict=strict, assign=True)
+
+        model.load_state_dict = assign  # instance attribute: this model only
+        try:
+            if zipfile.is_zipfile(path) and _is_torchscript(path):
+                sd = torch.jit.load(path, map_location="cpu").state_dict()
+                for k in ("input_resolution", "context_length", "vocab_size"):
+                    sd.pop(k, None)
+                buffers = {name for name, _ in model.named_buffers()}
+                sd = {k: v for k, v in sd.items()
+                      if k not in buffers or k in model.state_dict()}
+                model.load_state_dict(sd, strict=True)
+                del sd
+            else:
+                open_clip.load_checkpoint(model, path, strict=True)
+        except Exception:
+            return False
+        finally:
+            del model.load_state_dict
+        with torch.no_grad():
+            for module_name, module in model.named_modules():
+                prefix = module_name + "." if module_name else ""
+                for table in (module._parameters, module._buffers):
+                    for name, t in list(table.items()):
+                        if t is None:
+                            continue
+                        if t.is_meta:
+                            return False  # strict loading should make this impossible
+                        want = dtypes.get(prefix + name, t.dtype)
+                        if t.dtype != want or not t.is_contiguous():
+                            new = t.detach().to(dtype=want).contiguous()
+                            table[name] = (torch.nn.Parameter(new, requires_grad=t.requires_grad)
+                                           if isinstance(t, torch.nn.Parameter) else new)
+        _malloc_trim()
+        return True
+
+    @staticmethod
     def _load_weights(open_clip: Any, model: Any, path: str, label: str) -> None:
         try:
             if zipfile.is_zipfile(path) and _is_torchscript(path):
@@ -697,6 +771,36 @@ class ClipClassifier:
             t = self.model.encode_text(tokens).float()
             t = F.normalize(t, dim=-1)
         return t.cpu().numpy().astype(np.float32)
+
+
+def _drop_text_tower(model: Any) -> None:
+    """Release everything of a CLIP model but its image tower (and logit scale/bias).
+
+    The tensors become "meta" tensors (shape and dtype, no storage), so the module structure
+    stays intact and any accidental use of the text tower fails loudly instead of computing
+    garbage.
+    """
+    with torch.no_grad():
+        for name, child in model.named_children():
+            if name != "visual":
+                child.to("meta")
+        for name, p in list(model._parameters.items()):
+            if p is not None and name not in ("logit_scale", "logit_bias"):
+                model._parameters[name] = torch.nn.Parameter(p.detach().to("meta"),
+                                                             requires_grad=False)
+        for name, b in list(model._buffers.items()):
+            if b is not None:
+                model._buffers[name] = b.to("meta")
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so RSS reflects what is in use."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _is_torchscript(path: str) -> bool:
