@@ -195,6 +195,9 @@ class Scanner:
         item.sha256, item.md5 = hashes(data)
         item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
                                 use_cache=not self.cfg.rescan)
+        if (item.verdict is not None and item.verdict.method == "cache"
+                and item.verdict.outcome == "unreadable" and self.cfg.unreadable == "flag"):
+            item.verdict = None  # the policy changed since: unreadable content now flags
         if item.verdict is not None:
             if item.verdict.media_type is None:
                 item.verdict.media_type = sniff(data)  # decided without decoding

@@ -233,3 +233,38 @@ def test_scan_without_keys_says_run_init(tmp_path, fsq, small_store, tiny_model)
     shutil.rmtree("keys")  if Path("keys").exists() else None
     r = fsq(["scan", "--all", "--source", f"file://{store}"])
     assert r.exit_code == 2 and "fsq init" in r.stderr
+
+
+def test_release_of_a_rejected_upload_shreds_and_allowlists_but_writes_nothing(setup, fsq,
+                                                                               tmp_path):
+    """Uploads sealed by `fsq serve` have no original key (pict-rs discarded them): release
+    must not try to "restore" into some directory named after the pseudo-source."""
+    from fsq.decode import hashes
+    from fsq.ledger import state
+    from fsq.ledger.db import transaction
+    from fsq.quarantine.keys import load_public_key
+    from fsq.quarantine.move import UPLOAD_SOURCE, Quarantiner
+
+    store, originals, pw, env = setup
+    data = jpeg_bytes(70, 50, seed=4242)
+    sha, md5 = hashes(data)
+    conn = connect("fsq.db")
+    q = Quarantiner(DirStore("quarantine"), load_public_key("keys/vault.pub"))
+    key = f"upload/2026-11-21T00:00:00Z-{sha[:16]}"
+    oid = state.touch_object(conn, UPLOAD_SOURCE, key, len(data), 0.0, None)
+    with transaction(conn):
+        iid, _ = state.ensure_incident(conn, sha256=sha, md5=md5, size=len(data),
+                                       media_type="image/jpeg", width=70, height=50,
+                                       verdict_id=None, origin="serve")
+    q.seal_upload(conn, object_id=oid, key=key, data=data, sha256=sha, md5=md5,
+                  incident_id=iid, media_type="image/jpeg", extra_meta={"client": "127.0.0.1"})
+    Path("upload:pict-rs").mkdir()  # a trap: nothing may be written here
+    r = fsq(["release", str(iid), "--reason", "fp", "--passphrase-file", str(pw), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["restored"] == [] and res["uploads_not_restored"] == [key]
+    assert list(Path("upload:pict-rs").rglob("*")) == []
+    assert vault_files() == {}
+    assert state.is_allowlisted(conn, sha)
+    bad = fsq(["scan", "--all", "--dry-run", "--source", "upload:pict-rs"])
+    assert bad.exit_code == 2 and "not a source URL" in bad.stderr

@@ -174,3 +174,11 @@ class VaultCache:
                 s.close()
             except Exception:
                 pass
+
+
+def host_key_option(f):
+    """--accept-new-host-key for commands that may open an SFTP source."""
+    return click.option("--accept-new-host-key", "accept_new_host_key", is_flag=True,
+                        default=None,
+                        help="SFTP: accept and record an unknown host key (never a changed "
+                             "one) [FSQ_SFTP_ACCEPT_NEW_HOST_KEY].")(f)

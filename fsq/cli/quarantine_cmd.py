@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from fsq.cli.common import (Exit, VaultCache, db_option, echo_json, json_option, load, open_db,
-                            passphrase_file_option, private_key)
+from fsq.cli.common import (Exit, VaultCache, db_option, echo_json, host_key_option, json_option,
+                            load, open_db, passphrase_file_option, private_key)
 from fsq.errors import IntegrityError
 from fsq.incidents import resolve
 from fsq.runtime import build_quarantiner
@@ -18,9 +18,10 @@ from fsq.sources.base import open_source
 @click.option("--vault", help="Vault URL [FSQ_VAULT].")
 @click.option("--vault-public-key", type=click.Path(dir_okay=False),
               help="Vault public key [FSQ_VAULT_PUBLIC_KEY].")
+@host_key_option
 @db_option
 @json_option
-def apply(source, keys, vault, vault_public_key, db, as_json):
+def apply(source, keys, vault, vault_public_key, accept_new_host_key, db, as_json):
     """Quarantine objects flagged earlier (e.g. by `fsq scan --dry-run`) without classifying
     them again. Each file is re-read and must still have the flagged sha256.
 
@@ -28,7 +29,8 @@ def apply(source, keys, vault, vault_public_key, db, as_json):
     Example:
       fsq flagged && fsq apply --source file:///srv/lemmy/volumes/pictrs/files
     """
-    settings = load(source=source, vault=vault, vault_public_key=vault_public_key, db=db)
+    settings = load(source=source, vault=vault, vault_public_key=vault_public_key, db=db,
+                    sftp_accept_new_host_key=accept_new_host_key)
     q = build_quarantiner(settings)
     conn = open_db(settings)
     with open_source(settings.source, settings) as src:
@@ -51,9 +53,10 @@ def apply(source, keys, vault, vault_public_key, db, as_json):
 @click.option("--vault", help="Vault URL [FSQ_VAULT].")
 @click.option("--vault-public-key", type=click.Path(dir_okay=False),
               help="Vault public key [FSQ_VAULT_PUBLIC_KEY].")
+@host_key_option
 @db_option
 @json_option
-def recover(source, vault, vault_public_key, db, as_json):
+def recover(source, vault, vault_public_key, accept_new_host_key, db, as_json):
     """Finish or roll back quarantine moves a crash left unfinished.
 
     `fsq scan` and `fsq apply` do this automatically first; run it by hand after a crash
@@ -63,7 +66,8 @@ def recover(source, vault, vault_public_key, db, as_json):
     Example:
       fsq recover --source file:///srv/lemmy/volumes/pictrs/files
     """
-    settings = load(source=source, vault=vault, vault_public_key=vault_public_key, db=db)
+    settings = load(source=source, vault=vault, vault_public_key=vault_public_key, db=db,
+                    sftp_accept_new_host_key=accept_new_host_key)
     q = build_quarantiner(settings)
     conn = open_db(settings)
     with open_source(settings.source, settings) as src:
@@ -81,9 +85,10 @@ def recover(source, vault, vault_public_key, db, as_json):
 @click.option("--force", is_flag=True, help="Overwrite a different file now at the original key.")
 @click.option("--dry-run", is_flag=True, help="Decrypt and check, restore nothing.")
 @passphrase_file_option
+@host_key_option
 @db_option
 @json_option
-def release(incident, reason, force, dry_run, passphrase_file, db, as_json):
+def release(incident, reason, force, dry_run, passphrase_file, accept_new_host_key, db, as_json):
     """Restore a false positive: decrypt, check sha256, write each file back to its original
     key, remove the vault copy, and allowlist the content so later scans pass it.
 
@@ -94,7 +99,7 @@ def release(incident, reason, force, dry_run, passphrase_file, db, as_json):
       fsq release 12 --reason "comic strip, not abuse material"
     """
     from fsq.quarantine.release import release_incident
-    settings = load(db=db)
+    settings = load(db=db, sftp_accept_new_host_key=accept_new_host_key)
     conn = open_db(settings, create=False)
     row = resolve(conn, incident)
     key = private_key(settings, passphrase_file)
@@ -112,6 +117,11 @@ def release(incident, reason, force, dry_run, passphrase_file, db, as_json):
         click.echo(f"incident {res['incident']}: {verb} {len(res['restored'])} file(s)")
         for k in res["restored"]:
             click.echo(f"  {k}")
+        for r in res.get("deleted", []):
+            click.echo(f"  sealed copy {r} deleted (its object lock has expired)")
+        for r in res.get("retained", []):
+            click.echo(f"  sealed copy {r['entry']} kept by object lock until {r.get('until')}; "
+                       f"rerun `fsq release {res['incident']}` after that date to delete it")
 
 
 @click.group("vault")

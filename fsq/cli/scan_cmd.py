@@ -8,7 +8,8 @@ import threading
 
 import click
 
-from fsq.cli.common import Exit, Progress, db_option, echo_json, json_option, load, open_db, warn
+from fsq.cli.common import (Exit, Progress, db_option, echo_json, host_key_option, json_option,
+                            load, open_db, warn)
 from fsq.errors import UsageError
 from fsq.runtime import build_quarantiner, build_scanner
 from fsq.sources.base import open_source
@@ -73,11 +74,12 @@ def print_summary(s, as_json: bool) -> None:
 @click.option("--vault-public-key", type=click.Path(dir_okay=False),
               help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")
 @classifier_options
+@host_key_option
 @db_option
 @json_option
 def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_public_key, model,
          pretrained, concepts, severity, precision, device, batch_size, workers, threads,
-         unreadable, hash_lists, db, as_json):
+         unreadable, hash_lists, accept_new_host_key, db, as_json):
     """Scan a pict-rs store, classify new images, quarantine what is flagged.
 
     Without --dry-run flagged files are sealed into the vault (only the vault *public* key is
@@ -95,7 +97,8 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
                     vault_public_key=vault_public_key, model=model, pretrained=pretrained,
                     concepts=concepts, severity=severity, precision=precision, device=device,
                     batch_size=batch_size, workers=workers, threads=threads,
-                    unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db)
+                    unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db,
+                    sftp_accept_new_host_key=accept_new_host_key)
     actor = None if dry_run else build_quarantiner(settings)
     conn = open_db(settings)
     src = open_source(settings.source, settings)

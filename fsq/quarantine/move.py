@@ -46,17 +46,18 @@ import hashlib
 import json
 import logging
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
 from fsq import __version__
-from fsq.errors import ConfigError, IntegrityError
+from fsq.errors import ConfigError, FsqError, IntegrityError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.store import VaultMissing, VaultStore, open_vault
 from fsq.sources.base import ObjectError, ObjectMissing, Source
 from fsq.testonly import crash_point
-from fsq.timeutil import iso
+from fsq.timeutil import iso, utcnow
 
 log = logging.getLogger("fsq.quarantine")
 
@@ -218,6 +219,7 @@ class Quarantiner:
                 raise ObjectError(row["key"], f"sealed copy failed verification ({problem}); "
                                               "rolled back, source untouched")
             self._set(conn, entry_id, "verified")
+            self._lock(conn, row)
             crash_point("after-verified")
             row = conn.execute("SELECT * FROM vault_entries WHERE id=?", (entry_id,)).fetchone()
         if row["state"] == "verified" and not upload:  # step 4 (an upload has no source)
@@ -252,6 +254,29 @@ class Quarantiner:
                              {"entry": entry_id, "source": row["source"], "key": row["key"],
                               "sha256": row["sha256"], "blob_sha256": row["blob_sha256"],
                               "vault": row["vault"]})
+
+    def _lock(self, conn: sqlite3.Connection, row: Mapping[str, Any]) -> None:
+        """Write-once retention (S3 Object Lock) for a verified entry, until the incident's
+        retention end as known now (quarantine time + FSQ_RETENTION_DAYS; holds and reports
+        extend it later). Best effort: the sealed copy is already durable, so a store that
+        refuses is logged and audited, not fatal. Stores without object lock: no-op."""
+        if not self.retention_days or getattr(self.vault, "retention", None) is None:
+            return
+        enabled = getattr(self.vault, "object_lock_enabled", None)
+        if enabled is not None and not enabled():
+            return
+        until = utcnow() + timedelta(days=self.retention_days)
+        try:
+            for name in (key_name(row["id"]), blob_name(row["id"])):
+                self.vault.set_retention(name, until)
+            with transaction(conn):
+                conn.execute("UPDATE vault_entries SET retain_until=? WHERE id=?",
+                             (iso(until), row["id"]))
+        except FsqError as exc:
+            log.warning("entry %s: could not set object-lock retention: %s", row["id"],
+                        exc.message)
+            audit.append(conn, "vault.lock_failed", f"incident:{row['incident_id']}",
+                         {"entry": row["id"], "error": exc.message})
 
     def _rollback(self, conn: sqlite3.Connection, row: Mapping[str, Any], why: str) -> None:
         for name in (blob_name(row["id"]), key_name(row["id"])):

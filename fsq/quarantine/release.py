@@ -23,8 +23,8 @@ from typing import Any, Callable
 from fsq.errors import IntegrityError, UsageError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
-from fsq.quarantine.move import blob_name, key_name
-from fsq.quarantine.store import VaultMissing, VaultStore
+from fsq.quarantine.move import UPLOAD_SOURCE, blob_name, key_name
+from fsq.quarantine.store import VaultLocked, VaultMissing, VaultStore
 from fsq.sources.base import ObjectError, ObjectMissing, Source
 from fsq.timeutil import iso
 
@@ -64,8 +64,10 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
                      source_for: Callable[[str], Source], reason: str, force: bool = False,
                      dry_run: bool = False) -> dict[str, Any]:
     iid = incident["id"]
-    if incident["state"] in ("purged", "released"):
-        raise UsageError(f"incident {iid} is already {incident['state']}; nothing to release")
+    if incident["state"] == "released":
+        return _retry_retained(conn, incident, vault_for, dry_run)
+    if incident["state"] == "purged":
+        raise UsageError(f"incident {iid} is already purged; nothing to release")
     if incident["state"] == "purging":
         raise UsageError(f"incident {iid} is being purged (its keys may already be shredded); "
                          "run `fsq purge --after-clearance` to finish, nothing to release")
@@ -88,8 +90,13 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
     for e in held:
         _, content = decrypt_entry(vault_for(e["vault"]), e, private_key)
         plain.append((e, content))
+    # Uploads rejected by `fsq serve` were discarded by pict-rs: there is no original key to
+    # write back to. Their release shreds the sealed copy and allowlists the content, so the
+    # uploader can simply upload it again.
+    restorable = [(e, c) for e, c in plain if e["source"] != UPLOAD_SOURCE]
+    uploads = [e for e, _ in plain if e["source"] == UPLOAD_SOURCE]
     # Check the targets before writing any of them.
-    for e, content in plain:
+    for e, content in restorable:
         src = source_for(e["source"])
         try:
             current = src.read(e["key"])
@@ -100,11 +107,15 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
         if _sha(current) != _sha(content) and not force:
             raise UsageError(f"something else now sits at {e['key']} in {e['source']}; "
                              "refusing to overwrite it (use --force to replace it)")
-    result = {"incident": iid, "restored": [e["key"] for e, _ in plain], "dry_run": dry_run}
+    result = {"incident": iid, "restored": [e["key"] for e, _ in restorable],
+              "uploads_not_restored": [e["key"] for e in uploads], "dry_run": dry_run}
     if dry_run:
         return result
     # Phase 2: write back, then shred vault copies.
     for e, content in plain:
+        if e["source"] == UPLOAD_SOURCE:
+            _shred_released(conn, e, vault_for(e["vault"]), reason, result)
+            continue
         src = source_for(e["source"])
         try:
             current = src.read(e["key"])
@@ -115,15 +126,7 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
         back = src.read(e["key"])
         if _sha(back) != e["sha256"]:
             raise IntegrityError(f"restored {e['key']} reads back with a different sha256")
-        vault = vault_for(e["vault"])
-        vault.delete(key_name(e["id"]))   # crypto-shred first: the blob is now useless
-        vault.delete(blob_name(e["id"]))
-        with transaction(conn):
-            conn.execute("UPDATE vault_entries SET state='released', updated_at=? WHERE id=?",
-                         (iso(), e["id"]))
-            if e["object_id"] is not None:
-                conn.execute("UPDATE objects SET status='released', reason=? WHERE id=?",
-                             (f"released: {reason}"[:500], e["object_id"]))
+        _shred_released(conn, e, vault_for(e["vault"]), reason, result)
     with transaction(conn):
         now = iso()
         conn.execute("UPDATE incidents SET state='released', released_at=?, release_reason=? "
@@ -134,7 +137,61 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
         state.allowlist_add(conn, incident["sha256"], f"released: {reason}", iid)
         audit.append(conn, "released", f"incident:{iid}",
                      {"sha256": incident["sha256"], "md5": incident["md5"],
-                      "restored": result["restored"], "reason": reason, "force": force})
+                      "restored": result["restored"], "reason": reason, "force": force,
+                      "uploads_not_restored": result["uploads_not_restored"],
+                      **({"retained_by_object_lock": result["retained"]}
+                         if result.get("retained") else {})})
+    return result
+
+
+def _shred_released(conn: sqlite3.Connection, e: sqlite3.Row, vault: VaultStore, reason: str,
+                    result: dict[str, Any]) -> None:
+    """Delete a released entry's vault objects (wrapped key first) and mark it released."""
+    retained = None
+    try:
+        vault.delete(key_name(e["id"]))   # crypto-shred first: the blob is now useless
+        vault.delete(blob_name(e["id"]))
+    except VaultLocked as exc:
+        # Write-once storage keeps the sealed copy until its lock date; the file is
+        # restored anyway. A later `fsq release ID` retries the deletion.
+        retained = f"object lock: sealed copy retained until {exc.until or 'unknown'}"
+        result.setdefault("retained", []).append({"entry": e["id"], "until":
+                                                  str(exc.until) if exc.until else None})
+    with transaction(conn):
+        conn.execute("UPDATE vault_entries SET state='released', error=?, updated_at=? "
+                     "WHERE id=?", (retained, iso(), e["id"]))
+        if e["object_id"] is not None:
+            conn.execute("UPDATE objects SET status='released', reason=? WHERE id=?",
+                         (f"released: {reason}"[:500], e["object_id"]))
+
+
+def _retry_retained(conn: sqlite3.Connection, incident: sqlite3.Row,
+                    vault_for: Callable[[str], VaultStore], dry_run: bool) -> dict[str, Any]:
+    """A released incident whose sealed copies object lock kept: try deleting them again."""
+    iid = incident["id"]
+    rows = conn.execute("SELECT * FROM vault_entries WHERE incident_id=? AND state='released' "
+                        "AND error LIKE 'object lock:%'", (iid,)).fetchall()
+    if not rows:
+        raise UsageError(f"incident {iid} is already released; nothing to release")
+    result: dict[str, Any] = {"incident": iid, "restored": [], "dry_run": dry_run,
+                              "retained": [], "deleted": []}
+    for e in rows:
+        vault = vault_for(e["vault"])
+        if dry_run:
+            result["retained"].append({"entry": e["id"]})
+            continue
+        try:
+            vault.delete(key_name(e["id"]))
+            vault.delete(blob_name(e["id"]))
+        except VaultLocked as exc:
+            result["retained"].append({"entry": e["id"],
+                                       "until": str(exc.until) if exc.until else None})
+            continue
+        with transaction(conn):
+            conn.execute("UPDATE vault_entries SET error=NULL, updated_at=? WHERE id=?",
+                         (iso(), e["id"]))
+            audit.append(conn, "release.vault_deleted", f"incident:{iid}", {"entry": e["id"]})
+        result["deleted"].append(e["id"])
     return result
 
 
@@ -168,9 +225,13 @@ def verify_vault(conn: sqlite3.Connection, vault: VaultStore, *, deep: bool = Fa
     live = {r["id"] for r in conn.execute("SELECT id FROM vault_entries WHERE state IN "
                                           "('sealing','stored','verified','source_removed',"
                                           "'done')")}
-    stray = sorted(n for n in vault.names() if n.split(".", 1)[0] not in live)
+    kept = {r["id"] for r in conn.execute("SELECT id FROM vault_entries WHERE state='released' "
+                                          "AND error LIKE 'object lock:%'")}
+    names = list(vault.names())
+    stray = sorted(n for n in names if n.split(".", 1)[0] not in live | kept)
+    retained = sorted(n for n in names if n.split(".", 1)[0] in kept)
     res = {"vault": vault.url, "entries": len(rows), "bad": bad, "deep": deep,
-           "stray_objects": stray, "ok": not bad}
+           "stray_objects": stray, "retained_after_release": retained, "ok": not bad}
     audit.append(conn, "vault.verified", "vault",
                  {"entries": len(rows), "bad": len(bad), "deep": deep, "stray": len(stray)})
     return res

@@ -109,6 +109,11 @@ def open_source(url: str, settings) -> Source:  # settings: fsq.config.Settings
         raise UsageError("no source given: pass --source URL or set FSQ_SOURCE "
                          "(file:///path, sftp://user@host/path, s3://bucket/prefix)")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "" and not url.startswith(("/", "./", "../")):
+        # A bare word like "upload:pict-rs" (the pseudo-source of fsq serve) must never be
+        # taken for a relative directory: fsq could write evidence into it.
+        raise UsageError(f"{url!r} is not a source URL; use file:///path, "
+                         "sftp://user@host/path or s3://bucket/prefix")
     if scheme in ("file", ""):
         from fsq.sources.local import LocalSource
         return LocalSource.from_url(url)
