@@ -268,3 +268,20 @@ def test_release_of_a_rejected_upload_shreds_and_allowlists_but_writes_nothing(s
     assert state.is_allowlisted(conn, sha)
     bad = fsq(["scan", "--all", "--dry-run", "--source", "upload:pict-rs"])
     assert bad.exit_code == 2 and "not a source URL" in bad.stderr
+
+
+def test_key_change_passphrase_cli(setup, fsq, tmp_path):
+    store, originals, pw, env = setup
+    new = tmp_path / "new.txt"
+    new.write_text("a brand new passphrase\n")
+    r = fsq(["key", "change-passphrase", "--passphrase-file", str(pw), "--new-passphrase-file",
+             str(new)])
+    assert r.exit_code == 0, r.output
+    fsq(["scan", "--all"], env=env)
+    old = fsq(["vault", "verify", "--deep", "--passphrase-file", str(pw)])
+    assert old.exit_code == 2 and "wrong passphrase" in old.stderr
+    ok = fsq(["vault", "verify", "--deep", "--passphrase-file", str(new)])
+    assert ok.exit_code == 0, ok.output
+    log = json.loads(fsq(["audit", "log", "--json", "--limit", "500"]).stdout)
+    assert "key.passphrase_changed" in [e["action"] for e in log]
+    assert "a brand new passphrase" not in json.dumps(log)

@@ -107,6 +107,7 @@ def demo(base, images, fresh):
     _run(["release", "1", "--reason", "demo: pretend this was a false positive", *pw])
     _run(["scan", "--all"])
     _run(["incidents"])
+    _run(["report", "--all"])
     _run(["audit", "verify"])
     click.secho("\ndemo finished.", bold=True)
     click.echo("On a real instance (after `fsq init`):\n"
