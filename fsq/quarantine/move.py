@@ -109,6 +109,26 @@ class Quarantiner:
         Raises ObjectError if the source changed or could not be removed (the entry is rolled
         back or left for recovery; nothing is lost). Storage failures raise SourceError /
         VaultError (exit 3) and leave the journal for ``recover``."""
+        return self._move(conn, source=source, source_url=source.url, object_id=object_id,
+                          key=key, data=data, sha256=sha256, md5=md5, incident_id=incident_id,
+                          media_type=media_type, extra_meta={})
+
+    def seal_upload(self, conn: sqlite3.Connection, *, object_id: int, key: str, data: bytes,
+                    sha256: str, md5: str, incident_id: int, media_type: str | None,
+                    extra_meta: Mapping[str, Any]) -> str:
+        """Seal bytes that exist only in memory (an upload pict-rs will discard): steps 1-3
+        and 5, no source to remove. ``extra_meta`` (arrival time, media types, client) goes
+        into the sealed metadata. Returns the vault entry id once the entry is 'done'.
+
+        Raises ObjectError if the sealed copy failed verification (rolled back); storage
+        failures raise VaultError and leave the journal for ``recover``."""
+        return self._move(conn, source=None, source_url=UPLOAD_SOURCE, object_id=object_id,
+                          key=key, data=data, sha256=sha256, md5=md5, incident_id=incident_id,
+                          media_type=media_type, extra_meta=extra_meta)
+
+    def _move(self, conn: sqlite3.Connection, *, source: Source | None, source_url: str,
+              object_id: int, key: str, data: bytes, sha256: str, md5: str, incident_id: int,
+              media_type: str | None, extra_meta: Mapping[str, Any]) -> str:
         from fsq.quarantine.seal import new_entry_id
 
         if _sha(data) != sha256:  # caller bug guard: never seal bytes we did not classify
@@ -120,47 +140,16 @@ class Quarantiner:
             "v.rule_version FROM objects o LEFT JOIN verdicts v ON v.id = o.verdict_id "
             "WHERE o.id = ?", (object_id,)).fetchone()
         metadata = {
-            "entry_id": entry_id, "incident_id": incident_id, "source": source.url,
+            **dict(extra_meta),
+            "entry_id": entry_id, "incident_id": incident_id, "source": source_url,
             "key": key, "sha256": sha256, "md5": md5, "size": len(data),
             "media_type": media_type, "sealed_at": now, "tool_version": __version__,
             "verdict": dict(verdict) if verdict is not None else None,
         }
-        self._seal_and_store(conn, entry_id, source_url=source.url, key=key,
+        self._seal_and_store(conn, entry_id, source_url=source_url, key=key,
                              object_id=object_id, incident_id=incident_id, data=data,
                              metadata=metadata, now=now)
         self._finish(conn, entry_id, source)
-        return entry_id
-
-    def seal_upload(self, conn: sqlite3.Connection, *, object_id: int, key: str, data: bytes,
-                    sha256: str, md5: str, incident_id: int, media_type: str | None,
-                    extra_meta: Mapping[str, Any]) -> str:
-        """Seal bytes that exist only in memory (an upload pict-rs will discard): steps 1-3
-        and 5, no source to remove. ``extra_meta`` (arrival time, media types, client) goes
-        into the sealed metadata. Returns the vault entry id once the entry is 'done'.
-
-        Raises ObjectError if the sealed copy failed verification (rolled back); storage
-        failures raise VaultError and leave the journal for ``recover``."""
-        from fsq.quarantine.seal import new_entry_id
-
-        if _sha(data) != sha256:  # caller bug guard, as in quarantine()
-            raise IntegrityError(f"bytes of {key} do not match their recorded sha256")
-        entry_id = new_entry_id()
-        now = iso()
-        verdict = conn.execute(
-            "SELECT v.id, v.method, v.reason, v.model_id, v.concepts_digest, v.severity, "
-            "v.rule_version FROM objects o LEFT JOIN verdicts v ON v.id = o.verdict_id "
-            "WHERE o.id = ?", (object_id,)).fetchone()
-        metadata = {
-            **dict(extra_meta),
-            "entry_id": entry_id, "incident_id": incident_id, "source": UPLOAD_SOURCE,
-            "key": key, "sha256": sha256, "md5": md5, "size": len(data),
-            "media_type": media_type, "sealed_at": now, "tool_version": __version__,
-            "verdict": dict(verdict) if verdict is not None else None,
-        }
-        self._seal_and_store(conn, entry_id, source_url=UPLOAD_SOURCE, key=key,
-                             object_id=object_id, incident_id=incident_id, data=data,
-                             metadata=metadata, now=now)
-        self._finish(conn, entry_id, None)
         return entry_id
 
     def _seal_and_store(self, conn: sqlite3.Connection, entry_id: str, *, source_url: str,
