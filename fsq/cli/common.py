@@ -182,3 +182,10 @@ def host_key_option(f):
                         default=None,
                         help="SFTP: accept and record an unknown host key (never a changed "
                              "one) [FSQ_SFTP_ACCEPT_NEW_HOST_KEY].")(f)
+
+
+def vault_options(f):
+    """--vault and --vault-public-key: what the scanning side needs to seal."""
+    f = click.option("--vault-public-key", type=click.Path(dir_okay=False),
+                     help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")(f)
+    return click.option("--vault", help="Vault URL [FSQ_VAULT, file://./quarantine].")(f)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import (Exit, VaultCache, db_option, echo_json, host_key_option, json_option,
-                            load, open_db, passphrase_file_option, private_key)
+                            load, open_db, passphrase_file_option, private_key, vault_options)
 from fsq.errors import IntegrityError
 from fsq.incidents import resolve
 from fsq.runtime import build_quarantiner
@@ -15,9 +15,7 @@ from fsq.sources.base import open_source
 @click.command("apply")
 @click.option("--source", help="Source URL whose flagged objects to act on [FSQ_SOURCE].")
 @click.option("--key", "keys", multiple=True, help="Only this storage key (repeatable).")
-@click.option("--vault", help="Vault URL [FSQ_VAULT].")
-@click.option("--vault-public-key", type=click.Path(dir_okay=False),
-              help="Vault public key [FSQ_VAULT_PUBLIC_KEY].")
+@vault_options
 @host_key_option
 @db_option
 @json_option
@@ -50,9 +48,7 @@ def apply(source, keys, vault, vault_public_key, accept_new_host_key, db, as_jso
 
 @click.command("recover")
 @click.option("--source", help="Source URL [FSQ_SOURCE].")
-@click.option("--vault", help="Vault URL [FSQ_VAULT].")
-@click.option("--vault-public-key", type=click.Path(dir_okay=False),
-              help="Vault public key [FSQ_VAULT_PUBLIC_KEY].")
+@vault_options
 @host_key_option
 @db_option
 @json_option

@@ -9,7 +9,7 @@ import threading
 import click
 
 from fsq.cli.common import (Exit, Progress, db_option, echo_json, host_key_option, json_option,
-                            load, open_db, warn)
+                            load, open_db, vault_options, warn)
 from fsq.errors import UsageError
 from fsq.runtime import build_quarantiner, build_scanner
 from fsq.sources.base import open_source
@@ -70,9 +70,7 @@ def print_summary(s, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Record verdicts; quarantine nothing.")
 @click.option("--rescan", is_flag=True, help="Fetch and classify again even unchanged keys.")
 @click.option("--interval", type=int, help="Seconds between daemon passes [FSQ_INTERVAL].")
-@click.option("--vault", help="Vault URL [FSQ_VAULT, file://./quarantine].")
-@click.option("--vault-public-key", type=click.Path(dir_okay=False),
-              help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")
+@vault_options
 @classifier_options
 @host_key_option
 @db_option

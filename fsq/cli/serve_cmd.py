@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fsq.cli.common import db_option, load
+from fsq.cli.common import db_option, load, vault_options
 from fsq.cli.scan_cmd import classifier_options
 
 
@@ -26,9 +26,7 @@ from fsq.cli.scan_cmd import classifier_options
                                         "applies [FSQ_SERVE_QUEUE, 64].")
 @click.option("--batch-wait-ms", type=int, help="Milliseconds a lone upload waits to share a "
                                                 "model batch [FSQ_SERVE_BATCH_WAIT_MS, 10].")
-@click.option("--vault", help="Vault URL [FSQ_VAULT, file://./quarantine].")
-@click.option("--vault-public-key", type=click.Path(dir_okay=False),
-              help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")
+@vault_options
 @classifier_options
 @db_option
 def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vault,
