@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 from urllib.parse import unquote, urlsplit
 
 from fsq.errors import SourceError, UsageError
@@ -53,38 +53,85 @@ class LocalSource(Source):
     # -- listing ---------------------------------------------------------------------------
 
     def list(self) -> Iterator[ObjectInfo]:
-        stack = [""]
-        while stack:
-            rel_dir = stack.pop()
-            abs_dir = os.path.join(self.root, rel_dir) if rel_dir else str(self.root)
-            try:
-                it = os.scandir(abs_dir)
-            except PermissionError:
-                yield ObjectInfo(rel_dir or ".", 0, 0.0, "directory not readable (permission)")
-                continue
-            except FileNotFoundError:
-                continue  # removed while we walked
-            except OSError as exc:
-                raise SourceError(f"cannot list {abs_dir}: {exc.strerror}") from None
-            with it:
-                entries = sorted(it, key=lambda e: e.name)
-            for e in entries:
-                key = f"{rel_dir}/{e.name}" if rel_dir else e.name
+        # Depth-first, each directory opened relative to its parent's fd with O_NOFOLLOW (no
+        # path walk from the root per directory, and a directory swapped for a symlink after
+        # it was listed is never followed). Order: a directory's files in name order, then its
+        # subdirectories in reverse name order. Open fds = depth of the tree.
+        try:
+            root_fd = os.open(self.root, _DIR_FLAGS)
+        except PermissionError:
+            yield ObjectInfo(".", 0, 0.0, "directory not readable (permission)")
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SourceError(f"cannot list {self.root}: {exc.strerror}") from None
+        # (fd, key of the directory, subdirectories still to visit: popped from the end)
+        stack: list[tuple[int, str, list[str]]] = [(root_fd, "", [])]
+        try:
+            stack[0][2].extend((yield from self._list_dir(root_fd, "")))
+            while stack:
+                parent_fd, parent_rel, pending = stack[-1]
+                if not pending:
+                    stack.pop()
+                    os.close(parent_fd)
+                    continue
+                name = pending.pop()
+                rel = f"{parent_rel}/{name}" if parent_rel else name
                 try:
-                    st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                except PermissionError:
+                    yield ObjectInfo(rel, 0, 0.0, "directory not readable (permission)")
                     continue
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed (or replaced by a file) while we walked
                 except OSError as exc:
-                    yield ObjectInfo(key, 0, 0.0, f"cannot stat: {exc.strerror}")
+                    if exc.errno == errno.ELOOP:  # replaced by a symlink while we walked
+                        yield ObjectInfo(rel, 0, 0.0, "symlink (never followed)")
+                        continue
+                    raise SourceError(f"cannot list {os.path.join(self.root, rel)}: "
+                                      f"{exc.strerror}") from None
+                stack.append((fd, rel, []))
+                stack[-1][2].extend((yield from self._list_dir(fd, rel)))
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
+
+    def _list_dir(self, fd: int, rel_dir: str) -> Generator[ObjectInfo, None, list[str]]:
+        """Yield the non-directory entries of the open directory ``fd`` in name order; return
+        its subdirectory names in name order. Directories are recognised from the entry type
+        (no stat); every other entry is stat'ed without following symlinks."""
+        try:
+            with os.scandir(fd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError:
+            yield ObjectInfo(rel_dir or ".", 0, 0.0, "directory not readable (permission)")
+            return []
+        except OSError as exc:
+            shown = os.path.join(self.root, rel_dir) if rel_dir else str(self.root)
+            raise SourceError(f"cannot list {shown}: {exc.strerror}") from None
+        subdirs: list[str] = []
+        for e in entries:
+            key = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(e.name)
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(key)
-                elif stat.S_ISREG(st.st_mode):
-                    yield ObjectInfo(key, st.st_size, st.st_mtime)
-                elif stat.S_ISLNK(st.st_mode):
-                    yield ObjectInfo(key, 0, st.st_mtime, "symlink (never followed)")
-                else:
-                    yield ObjectInfo(key, 0, st.st_mtime, "not a regular file")
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                yield ObjectInfo(key, 0, 0.0, f"cannot stat: {exc.strerror}")
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+            elif stat.S_ISDIR(st.st_mode):
+                subdirs.append(e.name)  # became a directory since readdir
+            elif stat.S_ISLNK(st.st_mode):
+                yield ObjectInfo(key, 0, st.st_mtime, "symlink (never followed)")
+            else:
+                yield ObjectInfo(key, 0, st.st_mtime, "not a regular file")
+        return subdirs
 
     # -- safe path resolution -------------------------------------------------------------------
 
