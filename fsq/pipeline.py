@@ -9,7 +9,15 @@ inference, which runs in the caller's thread and uses torch's own intra-op threa
 of objects in flight is bounded (``_inflight``), so memory stays flat on a store of millions.
 
 The caller's thread is the only writer to the state database. Workers read through their own
-connections (WAL allows concurrent readers).
+connections (WAL allows concurrent readers). The scanner's own bookkeeping (object rows,
+verdicts, incidents and their audit events) is committed in small groups rather than one
+fsync'd transaction per statement (synchronous=FULL: about 1 ms each): the writes of one
+listing step, or the verdicts of one model batch, share a commit. A group is committed before
+the writer thread waits for anything (a worker, the model, the next listing step) and before
+any quarantine, whose journal keeps its own transactions; so the write lock is never held
+across inference, I/O or a network call. Each verdict stays atomic with its object row,
+incident and audit event (a savepoint inside the group). A crash loses at most the open group;
+those objects are not recorded as done, so the next pass does them again.
 
 Invariant 6: every object that is not skipped ends as clean, flagged, unreadable or error, with
 a reason, and the summary counts them. Exceptions of the *storage itself* (SourceError) stop the
@@ -23,9 +31,10 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from fsq.decode import Decoded, Unreadable, decode, hashes, sniff
 from fsq.errors import FsqError
@@ -175,6 +184,34 @@ class Scanner:
         """Ask a running pass to stop after the items in flight (SIGTERM/SIGINT)."""
         self._stop.set()
 
+    # -- grouped bookkeeping writes (writer thread only) ------------------------------------
+
+    def _begin(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+    def _end_group(self) -> None:
+        """At the end of a pass, also a failed one: keep what was recorded if possible."""
+        if not self.conn.in_transaction:
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            log.exception("could not commit the last scan records; they are redone next pass")
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _result(self, fut: Future[_Item]) -> _Item:
+        if not fut.done():
+            self._commit()  # do not hold the write lock while waiting for a worker
+        return fut.result()
+
     # -- worker side ------------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
@@ -241,14 +278,16 @@ class Scanner:
                 if item is not None:
                     inflight.append(pool.submit(self._prepare, item))
                 while inflight and (len(inflight) >= limit or inflight[0].done()):
-                    ready.append(inflight.popleft().result())
+                    ready.append(self._result(inflight.popleft()))
                     ready = self._drain(ready, s, final=False)
+                self._commit()  # before the next listing step, which may wait on the network
                 if self.progress:
                     self.progress(s, None)
             while inflight:
-                ready.append(inflight.popleft().result())
+                ready.append(self._result(inflight.popleft()))
                 ready = self._drain(ready, s, final=False)
             self._drain(ready, s, final=True)
+            self._end_group()
             if status == "finished":
                 with transaction(self.conn):
                     state.set_cursor(self.conn, src, listing_started)
@@ -260,6 +299,7 @@ class Scanner:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            self._end_group()
             s.status = status
             s.seconds = time.monotonic() - t0
             try:
@@ -281,6 +321,7 @@ class Scanner:
         """Decide in the writer thread whether an object needs fetching."""
         row = state.get_object(self.conn, self.source.url, info.key)
         if info.skip_reason is not None:
+            self._begin()
             oid = state.touch_object(self.conn, self.source.url, info.key, info.size,
                                      info.mtime, run_id)
             if row is None or row["status"] != "skipped" or row["reason"] != info.skip_reason:
@@ -293,6 +334,7 @@ class Scanner:
         if not self.cfg.rescan and state.unchanged(row, info.size, info.mtime):
             s.skipped += 1
             return None
+        self._begin()
         oid = state.touch_object(self.conn, self.source.url, info.key, info.size, info.mtime,
                                  run_id)
         return _Item(info, oid)
@@ -312,6 +354,7 @@ class Scanner:
         return pending
 
     def _classify(self, items: list[_Item], s: Summary) -> None:
+        self._commit()  # never hold the write lock across inference (or the model's loading)
         clf = self.classifier
         # Identical content twice in one batch/run: classify once.
         results = clf.classify_items([it.tensors for it in items])
@@ -321,10 +364,12 @@ class Scanner:
             it.tensors = None
             s.classified += 1
             self._record(it, s)
+        self._commit()  # identical content queued behind this batch finds these verdicts
 
     def _record(self, it: _Item, s: Summary) -> None:
         key = it.info.key
         s.scanned += 1
+        self._begin()
         if it.error is not None:
             state.set_object_result(self.conn, it.object_id, status="error", reason=it.error)
             s.errors += 1
@@ -347,6 +392,9 @@ class Scanner:
         elif v.outcome == "flagged":
             s.flagged += 1
             if not self.cfg.dry_run and self.actor is not None:
+                # The verdict and incident are durable before the move starts; the journal
+                # runs its own transactions.
+                self._commit()
                 try:
                     self.actor.quarantine(self.conn, source=self.source,
                                           object_id=it.object_id, key=key, data=it.data or b"",
@@ -422,9 +470,10 @@ def record_verdict(conn: sqlite3.Connection, *, object_id: int, sha256: str, md5
                    origin: str = "scan") -> tuple[int, int | None]:
     """In one transaction: the verdict row, the object's result and, if flagged, the incident
     and a 'flagged' audit event (``audit_details`` plus sha256, verdict id, method, reason).
-    Returns (verdict id, incident id or None)."""
+    Returns (verdict id, incident id or None). Inside a caller's transaction (the scanner's
+    write group) the same writes form a savepoint, still all or nothing."""
     v = verdict
-    with transaction(conn):
+    with _atomic(conn):
         vid = state.insert_verdict(conn, sha256, v)
         state.set_object_result(conn, object_id, status=v.outcome, reason=v.reason,
                                 size=size, sha256=sha256, md5=md5,
@@ -438,6 +487,23 @@ def record_verdict(conn: sqlite3.Connection, *, object_id: int, sha256: str, md5
                          {**audit_details, "sha256": sha256, "verdict_id": vid,
                           "method": v.method, "reason": v.reason})
     return vid, incident_id
+
+
+@contextmanager
+def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
+    """A transaction of its own, or a savepoint in the caller's open transaction."""
+    if not conn.in_transaction:
+        with transaction(conn):
+            yield
+        return
+    conn.execute("SAVEPOINT fsq_atomic")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO fsq_atomic")
+        conn.execute("RELEASE fsq_atomic")
+        raise
+    conn.execute("RELEASE fsq_atomic")
 
 
 def _reason(decision: Any) -> str:
