@@ -1,0 +1,91 @@
+"""python -m fsq.bench, smoke-tested with the tiny model on a handful of images.
+
+Only the shape and sanity of the results are checked, never speed: the suite runs on shared,
+noisy machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fsq import bench
+
+
+def _run(capsys, *argv: str) -> str:
+    assert bench.main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def _sane_rate(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def test_bench_in_process_table_and_json(tmp_path, capsys):
+    work, weights = tmp_path / "work", tmp_path / "weights"
+    common = ["--models", "tiny", "--images", "5", "--rescan-objects", "30", "--batch-size",
+              "4", "--workdir", str(work), "--weights-dir", str(weights), "--in-process"]
+    data = json.loads(_run(capsys, *common, "--modes", "e2e,model,old,int8", "--json"))
+
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"]
+    (m,) = data["models"]
+    assert m["model"] == "tiny" and m["images"] == 5
+    assert m["precision"] in ("fp32", "bf16") and m["precision_reason"]
+    rows = {r["mode"]: r for r in m["rows"]}
+    assert list(rows) == ["e2e", "model", "old", "int8"]
+    for r in rows.values():
+        assert _sane_rate(r["images_per_s"]) and _sane_rate(r["frames_per_s"])
+        assert r["peak_rss_mb"] > 50
+        assert r["vs_old"] == pytest.approx(r["images_per_s"] / rows["old"]["images_per_s"])
+        assert r["vs_model_only"] == pytest.approx(
+            r["images_per_s"] / rows["model"]["images_per_s"])
+    assert rows["old"]["vs_old"] == pytest.approx(1.0)
+    assert rows["model"]["vs_model_only"] == pytest.approx(1.0)
+    res = m["results"]
+    # Every image went through the model in the scan; the GIF's frames are all counted.
+    assert res["e2e"]["images"] == res["model"]["images"] == res["old"]["images"] == 5
+    assert res["e2e"]["classified"] == 5
+    assert res["model"]["frames"] > res["model"]["images"]  # one 3-frame GIF among 5 files
+    assert res["old"]["frames"] == 5
+    assert 0 <= res["int8"]["sim_diff_max"] < 0.05 and res["int8"]["agreement_frames"] > 0
+
+    r = data["rescan"]
+    assert r["first"]["listed"] == r["rescan"]["listed"] == 30
+    assert r["first"]["scanned"] == 30 and r["rescan"]["scanned"] == 0
+    assert r["rescan"]["skipped"] == 30 and _sane_rate(r["rescan"]["objects_per_s"])
+
+    # The text report: one table per model with the three standard rows, the rescan line and
+    # the precision with its reason. The stores and weights are reused on a second run.
+    text = _run(capsys, *common)
+    assert "tiny: precision fp32 (" in text or "tiny: precision bf16 (" in text
+    header = next(line for line in text.splitlines() if "images/s" in line)
+    assert [c.strip() for c in header.strip("|").split("|")] == \
+        ["", "images/s", "frames/s", "x old", "of model-only", "peak RSS"]
+    for label in ("end-to-end (fsq scan)", "model only", "old approach (fp32, 1 at a time)"):
+        assert any(line.startswith(f"| {label} ") for line in text.splitlines()), label
+    assert "int8" not in text.split("rescan")[0].split("peak RSS")[1]  # opt-in mode only
+    assert "rescan of an unchanged store of 30 objects:" in text
+    assert "targets (issue 8" in text
+
+
+def test_bench_child_process(tmp_path, capsys):
+    """The default path: each measurement in its own process (its own peak RSS), importing
+    this checkout's fsq."""
+    data = json.loads(_run(capsys, "--models", "tiny", "--images", "2", "--rescan-objects",
+                           "0", "--modes", "e2e", "--workdir", str(tmp_path / "w"),
+                           "--weights-dir", str(tmp_path / "weights"), "--json"))
+    (m,) = data["models"]
+    (row,) = m["rows"]
+    assert row["mode"] == "e2e" and _sane_rate(row["images_per_s"])
+    assert row["vs_old"] is None and row["vs_model_only"] is None
+    assert "rss_shared_process" not in m["results"]["e2e"]
+    assert "rescan" not in data
+
+
+def test_bench_rejects_unknown_mode(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--modes", "e2e,fast"])
+    assert exc.value.code == 2
+    assert "--modes" in capsys.readouterr().err
