@@ -94,6 +94,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _rss_mb() -> float:
+    """Current resident set size (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 # --- inputs ------------------------------------------------------------------------------------
 
 def model_files(name: str, cache: Path) -> tuple[str, str]:
@@ -201,17 +210,36 @@ def run_e2e(spec: dict[str, Any]) -> dict[str, Any]:
     settings = _settings({**spec, "source": "file://" + spec["store"]})
     conn = connect(settings.db)
     src = open_source(settings.source, settings)
+    import threading
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:  # RSS over the pass: flat means memory does not grow with the store
+        while not done.wait(0.5):
+            samples.append(_rss_mb())
+
     try:
         scanner = build_scanner(settings, conn, src, dry_run=True)
         clf = scanner.classifier  # loaded before the pass: the rate below is the scan rate
+        rss_start = _rss_mb()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         s = scanner.run_pass()
+        done.set()
+        sampler.join()
     finally:
+        done.set()
         src.close()
         conn.close()
+    rss_end = _rss_mb()
+    half = samples[len(samples) // 2:] or [rss_end]
     if s.status != "finished" or s.errors or s.unreadable:
         raise RuntimeError(f"the benchmark scan did not go cleanly: {s.to_json()}")
     return {"images": s.scanned, "classified": s.classified, "seconds": s.seconds,
             "images_per_s": s.scanned / s.seconds, "flagged": s.flagged,
+            "rss_start_mb": rss_start, "rss_max_mb": max(samples + [rss_start, rss_end]),
+            "rss_max_first_half_mb": max(samples[:len(samples) // 2] or [rss_start]),
+            "rss_max_second_half_mb": max(half), "rss_end_mb": rss_end,
             **_describe(clf)}
 
 
@@ -519,6 +547,13 @@ def report(result: dict[str, Any]) -> str:
     for m in result["models"]:
         lines += ["", f"{m['model']}: precision {m['precision']} ({m['precision_reason']}); "
                       f"torch threads {m['threads']}", format_table(m)]
+        e = m["results"].get("e2e")
+        if e and "rss_start_mb" in e:
+            lines.append(f"end-to-end RSS during the pass: {e['rss_start_mb'] / 1024:.2f} GB "
+                         f"with the model loaded, highest {e['rss_max_first_half_mb'] / 1024:.2f}"
+                         f" GB in the first half of the pass and "
+                         f"{e['rss_max_second_half_mb'] / 1024:.2f} GB in the second, "
+                         f"{e['rss_end_mb'] / 1024:.2f} GB at the end")
         q = m["results"].get("int8")
         if q and "sim_diff_max" in q:
             lines.append(f"int8 vs fp32 on {q['agreement_frames']} frames (random weights): "
