@@ -131,10 +131,11 @@ def model_files(name: str, cache: Path) -> tuple[str, str]:
     return name, str(ckpt)
 
 
-def build_store(root: Path, n: int, seed: int = 0) -> list[str]:
+def build_store(root: Path, n: int, seed: int = 0,
+                formats: tuple[str, ...] = ("jpeg", "png", "webp", "gif")) -> list[str]:
     """The image store (fsq.synth), reused if ``root`` already holds the same one."""
     mark = _mark(root)
-    want = {"n": n, "seed": seed, "kind": "images"}
+    want = {"n": n, "seed": seed, "kind": "images", "formats": list(formats)}
     if mark.is_file():
         try:
             have = json.loads(mark.read_text())
@@ -145,7 +146,7 @@ def build_store(root: Path, n: int, seed: int = 0) -> list[str]:
     from fsq.synth import make_store
     _clear(root)
     print(f"writing a synthetic store of {n} images ...", file=sys.stderr, flush=True)
-    keys = make_store(root, n, seed=seed)
+    keys = make_store(root, n, seed=seed, formats=formats)
     mark.write_text(json.dumps({**want, "keys": keys}))
     return keys
 
@@ -541,7 +542,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"machine: {mi['cpu']}, {mi['cores']} cores, flags: {' '.join(mi['flags'])}; "
              f"torch {mi.get('torch')} (CPU capability {mi.get('torch_capability')}); "
              f"load average {mi['load']} at start, {result['load_end']} at end",
-             f"store: {result['images']} synthetic images (JPEG, PNG, WebP, 3-frame GIF; "
+             f"store: {result['images']} synthetic images "
+             f"({_formats(result.get('formats', ['jpeg', 'png', 'webp', 'gif']))}; "
              f"0.3-2 MP), batch size {result['batch_size']}, {result['workers']} decode workers"
              + (f", best of {result['rounds']} rounds" if result["rounds"] > 1 else "")]
     for m in result["models"]:
@@ -571,6 +573,11 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _formats(formats: list[str]) -> str:
+    names = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "3-frame GIF"}
+    return ", ".join(names.get(f, f) for f in formats)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fsq.bench",
                                 description=__doc__.split("\n\n")[0],
@@ -593,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
                         "dynamic quantisation, for information [e2e,model,old]")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the measurements, report the best rate [1]")
+    p.add_argument("--formats", default="jpeg,png,webp,gif",
+                   help="image formats of the store, used in turn; without gif every file is "
+                        "one frame for fsq and the old approach alike [jpeg,png,webp,gif]")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--workdir", help="keep stores and databases here (reused across runs) "
                                      "[a temporary directory]")
@@ -612,12 +622,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes: choose from {', '.join(MODES)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    from fsq.synth import FORMATS
+    args.formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    if not args.formats or any(f not in FORMATS for f in args.formats):
+        p.error(f"--formats: choose from {', '.join(FORMATS)}")
     if args.images < 1 or args.batch_size < 1 or args.workers < 1 or args.rounds < 1:
         p.error("--images, --batch-size, --workers and --rounds must be at least 1")
     from fsq.classify.clip import default_cache_dir
     cache = Path(args.weights_dir) if args.weights_dir else default_cache_dir() / "bench"
 
     result: dict[str, Any] = {"machine": machine_info(), "images": args.images,
+                              "formats": list(args.formats),
                               "batch_size": args.batch_size, "workers": args.workers,
                               "rounds": args.rounds, "models": []}
     with tempfile.TemporaryDirectory(prefix="fsq-bench-") as tmp:
@@ -625,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if models:
             store = work / "store"
-            keys = build_store(store, args.images)
+            keys = build_store(store, args.images, formats=args.formats)
             for name in models:
                 result["models"].append(bench_model(name, keys, store, work, cache, args))
         if args.rescan_objects:
