@@ -547,8 +547,9 @@ def report(result: dict[str, Any]) -> str:
              f"0.3-2 MP), batch size {result['batch_size']}, {result['workers']} decode workers"
              + (f", best of {result['rounds']} rounds" if result["rounds"] > 1 else "")]
     for m in result["models"]:
-        lines += ["", f"{m['model']}: precision {m['precision']} ({m['precision_reason']}); "
-                      f"torch threads {m['threads']}", format_table(m)]
+        chosen = (f"precision {m['precision']} ({m['precision_reason']}); torch threads "
+                  f"{m['threads']}" if m["precision"] else "fsq's precision not measured")
+        lines += ["", f"{m['model']}: {chosen}", format_table(m)]
         e = m["results"].get("e2e")
         if e and "rss_start_mb" in e:
             lines.append(f"end-to-end RSS during the pass: {e['rss_start_mb'] / 1024:.2f} GB "
