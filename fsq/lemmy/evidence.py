@@ -85,11 +85,9 @@ def locate(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile]) -
             f.identifier = f.keys[0]
         else:
             todo.append(f)
-    if not todo:
-        return notes
     repo_url = getattr(settings, "pictrs_database_url", None)
     purl, pkey = getattr(settings, "pictrs_url", None), getattr(settings, "pictrs_api_key", None)
-    if repo_url:
+    if todo and repo_url:
         try:
             with PictrsRepo(repo_url) as repo:
                 found = repo.identifiers_of(f.alias for f in todo)
