@@ -507,3 +507,40 @@ def test_vault_down_midway_no_call_then_rerun_completes(version, pg_new_db, fsq,
         assert {d[0] for d in done} == set(w.uploads.values())
         assert not conn.execute("SELECT 1 FROM vault_entries WHERE state IN "
                                 "('sealing','stored','verified')").fetchall()
+
+
+@pytest.mark.postgres
+def test_community_ban_exact_fields(world, fsq):
+    w = world
+    r = fsq(["lemmy", "ban", "remote_guy@remote.example", "--community", "pics", "--expires",
+             "2099-01-01", "--reason", "spam"], env=w.env)
+    assert r.exit_code == 0, r.output
+    (call,) = w.fake.actions()
+    assert call["path"] == ("/api/v4/community/ban_user" if w.version == "1.0"
+                            else "/api/v3/community/ban_user")
+    data, exp = (("remove_or_restore_data", "expires_at") if w.version == "1.0"
+                 else ("remove_data", "expires"))
+    assert call["body"] == {"community_id": w.ids["community"], "person_id": w.ids["remote_guy"],
+                            "ban": True, data: False, "reason": "spam", exp: 4070908800}
+
+
+@pytest.mark.postgres
+def test_hostile_alias_in_lemmy_db_blocks_the_action(world, fsq):
+    """Someone with write access to Lemmy's database plants an alias that is a path: fsq never
+    reads outside the store, and the destructive call is not made."""
+    w = world
+    with psycopg.connect(w.lemmy_db, autocommit=True) as c:
+        if w.version == "1.0":
+            c.execute("INSERT INTO local_image (pictrs_alias, person_id) VALUES (%s, %s)",
+                      ("../../../etc/passwd", w.ids["uploader"]))
+        else:
+            c.execute("INSERT INTO local_image (pictrs_alias, local_user_id, "
+                      "pictrs_delete_token) VALUES (%s, %s, 't')",
+                      ("../../../etc/passwd", w.ids["lu_uploader"]))
+    r = fsq(["lemmy", "ban", "uploader", "--remove-data", "--reason", "x", "--dry-run"],
+            env=w.env)
+    assert r.exit_code == 0 and "BLOCKED" in r.stdout
+    r = fsq(["lemmy", "ban", "uploader", "--remove-data", "--reason", "x"], env=w.env)
+    assert r.exit_code == 3, r.output
+    assert "nothing was sent to Lemmy" in r.stderr
+    assert w.fake.actions() == []

@@ -141,7 +141,13 @@ def _local_refs(values: list[str | None], host: str | None) -> list[str]:
 def _add(files: list[EvidenceFile], aliases: list[str], why: str) -> None:
     known = {f.alias for f in files}
     for a in aliases:
-        if a not in known:
+        if not urls.is_alias(a):
+            # local_image holds whatever was written to it; an alias fsq cannot use as a
+            # pict-rs name stops the action rather than being silently left out
+            files.append(EvidenceFile(alias=a, why=why, status="failed",
+                                      detail="not a pict-rs alias fsq can look up"))
+            known.add(a)
+        elif a not in known:
             files.append(EvidenceFile(alias=a, why=why))
             known.add(a)
 
@@ -237,6 +243,11 @@ def plan_action(conn: sqlite3.Connection, settings: Any, action: str, target: st
             db.close()
     if plan.files:
         plan.notes += locate(conn, settings, plan.files)
+        unknown = [f for f in plan.files if f.status == "not-in-pictrs"]
+        if unknown:
+            plan.notes.append(f"{len(unknown)} alias(es) are unknown to pict-rs, so no stored "
+                              "file of theirs can be sealed or deleted (if that is unexpected, "
+                              "check FSQ_PICTRS_* point at this instance's pict-rs)")
     api = api or LemmyApi.from_settings(settings)
     api.detect()
     plan.lemmy_version = api.version

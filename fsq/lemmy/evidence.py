@@ -72,6 +72,15 @@ def _vault_entry_for_keys(conn: sqlite3.Connection, keys: list[str]) -> sqlite3.
         f"({','.join('?' * len(keys))}) ORDER BY created_at LIMIT 1", keys).fetchone()
 
 
+def _valid_key(key: str) -> bool:
+    from fsq.sources.base import check_key
+    try:
+        check_key(key)
+        return True
+    except FsqError:
+        return False
+
+
 def locate(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile]) -> list[str]:
     """Fill ``identifier``/``keys``/``status`` of each file (read-only). Returns notes."""
     from fsq.lemmy import pictrs_api
@@ -80,6 +89,8 @@ def locate(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile]) -
     notes: list[str] = []
     todo = []
     for f in files:
+        if f.status != PLANNED:
+            continue
         f.keys = _cached_keys(conn, f.alias)
         if f.keys:
             f.identifier = f.keys[0]
@@ -122,6 +133,13 @@ def locate(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile]) -
             f.detail = ("no pict-rs source answered (set FSQ_PICTRS_DATABASE_URL, or "
                         "FSQ_PICTRS_URL and FSQ_PICTRS_API_KEY)" if not notes else notes[-1])
     for f in files:
+        # Identifiers come from databases an attacker may have written to: a key that could
+        # leave the store root is never read (FSQ_SOURCE would refuse it anyway).
+        good = [k for k in f.keys if _valid_key(k)]
+        if f.keys and not good:
+            f.status = FAILED
+            f.detail = "pict-rs names a storage key fsq refuses (absolute, '..' or NUL)"
+        f.keys = good
         if f.status == PLANNED:
             e = _vault_entry_for_keys(conn, f.keys)
             if e is not None:
