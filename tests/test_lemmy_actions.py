@@ -264,6 +264,8 @@ def test_ban_remove_data_seals_every_upload_then_calls(world, fsq):
         assert hashlib.sha256(content).hexdigest() == e["sha256"] == \
             hashlib.sha256(w.files[e["key"]]).hexdigest()
         assert meta["origin"] == "lemmy-action" and meta["alias"] in w.uploads
+        assert {lg["ip"] for p in meta["linkage"]["people"] for lg in p["logins"]} == \
+            set(S.UPLOADER_IPS)
         inc = conn.execute("SELECT * FROM incidents WHERE id=?", (e["incident_id"],)).fetchone()
         assert inc["state"] == "quarantined"
         if inc["id"] != iid:   # the flagged file itself joins its own incident
@@ -350,6 +352,7 @@ def test_purge_post_seals_url_thumbnail_and_skips_vaulted(world, fsq):
     html = res.path.read_text()
     fu = res.model["follow_up"]
     assert [(a["action"], a["state"]) for a in fu["taken"]] == [("purge-post", "done")]
+    assert fu["taken"][0]["snapshot_sha256"] in html
     cmds = [s["command"] for s in fu["suggested"]]
     assert f"fsq lemmy purge post {pid} --incident {iid} --reason 'fsq incident {iid}'" in cmds
     assert f"fsq lemmy ban {w.ids['uploader']} --remove-data --incident {iid} " \

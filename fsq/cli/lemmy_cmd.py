@@ -22,8 +22,8 @@ def _common(f):
     f = json_option(f)
     f = db_option(f)
     f = click.option("--dry-run", is_flag=True,
-                     help="Print the exact call and the evidence steps; call nothing, seal "
-                          "nothing.")(f)
+                     help="Print the exact call and the evidence steps; seal nothing, send "
+                          "nothing (only GET /site, for the version).")(f)
     f = click.option("--incident", "incident_ref", metavar="ID",
                      help="The incident this follows up (the sealed files are linked to it and "
                           "the action shows in its report).")(f)

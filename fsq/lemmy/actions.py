@@ -297,8 +297,11 @@ def execute_action(conn: sqlite3.Connection, settings: Any, plan: Plan, *,
     def evidence_json() -> str:
         return json.dumps([f.to_dict() for f in plan.files], sort_keys=True)
 
+    # The linkage snapshot is sealed with each file too: it then survives with the evidence
+    # even if the state database does not (IPs and uploader are in the encrypted metadata).
     meta = {"lemmy_action_id": action_id, "action": plan.action,
-            "target": {"kind": plan.target_kind, "id": plan.target_id}, "reason": plan.reason}
+            "target": {"kind": plan.target_kind, "id": plan.target_id}, "reason": plan.reason,
+            "linkage": plan.snapshot}
     try:
         preserve(conn, settings, plan.files, meta=meta, linked_incident=plan.incident_id,
                  progress=progress)

@@ -189,6 +189,8 @@ def preserve(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile],
                           "store root (file:///..., sftp://..., s3://...)")
     q = Quarantiner.from_settings(settings)
     # Finish or roll back copies an interrupted run left half-sealed (their names are ours).
+    # Two `fsq lemmy` runs at once could roll back each other's seal in progress; the other
+    # run then fails verification before its call -- nothing is sent, a rerun completes.
     q.recover(conn, {COPY_SOURCE: None})
     source = open_source(settings.source, settings)
     try:

@@ -44,7 +44,7 @@ def follow_up(conn: sqlite3.Connection, incident_id: int, linkage: dict[str, Any
     taken = [{"id": a["id"], "created_at": a["created_at"], "action": a["action"],
               "target": f"{a['target_kind']} {a['target_id']}", "state": a["state"],
               "http_status": a["http_status"], "lemmy_version": a["lemmy_version"],
-              "error": a["error"],
+              "error": a["error"], "snapshot_sha256": a.get("snapshot_sha256"),
               "sealed": sum(1 for f in a.get("evidence") or [] if f.get("status") == "sealed")}
              for a in actions_for(conn, incident_id=incident_id)]
     return {"taken": taken, "suggested": sugg,
