@@ -464,7 +464,17 @@ def test_destructive_action_needs_the_lemmy_database(world, fsq):
     env = {k: v for k, v in world.env.items() if k != "FSQ_LEMMY_DATABASE_URL"}
     r = fsq(["lemmy", "purge", "post", "1", "--reason", "x"], env=env)
     assert r.exit_code == 2 and "FSQ_LEMMY_DATABASE_URL" in r.stderr
+    env = {k: v for k, v in world.env.items() if k != "FSQ_LEMMY_URL"}
+    r = fsq(["lemmy", "remove", "post", "1", "--reason", "x"], env=env)
+    assert r.exit_code == 2 and "FSQ_LEMMY_URL" in r.stderr
+    env = {k: v for k, v in world.env.items() if k != "FSQ_SOURCE"}
+    r = fsq(["lemmy", "purge", "person", "uploader", "--reason", "x"], env=env)
+    assert r.exit_code == 2 and "FSQ_SOURCE" in r.stderr
+    r = fsq(["lemmy", "purge", "post", "1", "--reason", "  "], env=world.env)
+    assert r.exit_code == 2 and "--reason" in r.stderr
     assert world.fake.actions() == []
+    conn = connect("fsq.db")
+    assert conn.execute("SELECT COUNT(*) FROM lemmy_actions").fetchone()[0] == 0
 
 
 @pytest.mark.postgres

@@ -40,7 +40,8 @@ from fsq.ledger import audit
 from fsq.ledger.db import transaction
 from fsq.lemmy import targets, urls
 from fsq.lemmy.api import ACTIONS, Call, LemmyApi, LemmyAuthError, answer_ids, build_call
-from fsq.lemmy.evidence import PLANNED, EvidenceFile, blockers, locate, preserve
+from fsq.lemmy.evidence import (PLANNED, EvidenceFile, blockers, check_ready, locate,
+                                  preserve)
 from fsq.timeutil import iso
 
 DB_SETTING = "FSQ_LEMMY_DATABASE_URL"
@@ -278,6 +279,7 @@ def execute_action(conn: sqlite3.Connection, settings: Any, plan: Plan, *,
     """Run a plan: credentials, evidence, snapshot, then the call (see the module docstring).
     Returns the action record; raises FsqError (nothing sent, or the call failed)."""
     assert plan.call is not None, "plan_action sets the call"
+    check_ready(settings, plan.files)   # blocked evidence or no vault key: stop right here
     api = api or LemmyApi.from_settings(settings)
     if api.api is None:
         api.detect()

@@ -166,6 +166,30 @@ def _incident_for(conn: sqlite3.Connection, sha256: str, md5: str, size: int,
     return iid
 
 
+def check_ready(settings: Any, files: list[EvidenceFile]) -> None:
+    """Fail before anything is recorded or sent when sealing cannot even start: a blocked
+    file, no FSQ_SOURCE to read from, no vault public key to seal with."""
+    from pathlib import Path
+
+    from fsq.runtime import public_key_path
+
+    stop = blockers(files)
+    if stop:
+        f = stop[0]
+        raise ConfigError(f"cannot tell which stored file alias {f.alias} is ({f.detail}); "
+                          "nothing was sent to Lemmy") if f.status == UNRESOLVED else \
+            ExternalError(f"evidence for alias {f.alias}: {f.detail}; nothing was sent to Lemmy")
+    if not any(f.status == PLANNED for f in files):
+        return
+    if not getattr(settings, "source", None):
+        raise ConfigError("FSQ_SOURCE is not set: fsq must read the files this action would "
+                          "delete from the pict-rs store to seal them first; set it to the "
+                          "store root (file:///..., sftp://..., s3://...)")
+    if not Path(public_key_path(settings)).exists():
+        raise ConfigError(f"vault public key {public_key_path(settings)} not found: run `fsq "
+                          "init` first or set FSQ_VAULT_PUBLIC_KEY; nothing was sent to Lemmy")
+
+
 def preserve(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile], *,
              meta: dict[str, Any], linked_incident: int | None,
              progress: Callable[[EvidenceFile, int, int], None] | None = None) -> None:
@@ -174,19 +198,10 @@ def preserve(conn: sqlite3.Connection, settings: Any, files: list[EvidenceFile],
     from fsq.quarantine.move import COPY_SOURCE, Quarantiner
     from fsq.sources.base import ObjectError, ObjectMissing, open_source
 
+    check_ready(settings, files)
     pending = [f for f in files if f.status == PLANNED]
-    stop = blockers(files)
-    if stop:
-        f = stop[0]
-        raise ConfigError(f"cannot tell which stored file alias {f.alias} is ({f.detail}); "
-                          "nothing was sent to Lemmy") if f.status == UNRESOLVED else \
-            ExternalError(f"evidence for alias {f.alias}: {f.detail}; nothing was sent to Lemmy")
     if not pending:
         return
-    if not getattr(settings, "source", None):
-        raise ConfigError("FSQ_SOURCE is not set: fsq must read the files this action would "
-                          "delete from the pict-rs store to seal them first; set it to the "
-                          "store root (file:///..., sftp://..., s3://...)")
     q = Quarantiner.from_settings(settings)
     # Finish or roll back copies an interrupted run left half-sealed (their names are ours).
     # Two `fsq lemmy` runs at once could roll back each other's seal in progress; the other
