@@ -297,6 +297,13 @@ def test_ban_remove_data_seals_every_upload_then_calls(world, fsq):
     assert ips == set(S.UPLOADER_IPS)
     assert_no_secret(json.dumps({k: a[k] for k in a.keys()}))
 
+    # a sealed incident reports fine: no verdict, its copy, the action that made it
+    from fsq.reports import render
+    other = next(e["incident_id"] for e in entries if e["incident_id"] != iid)
+    res = render.generate_report(conn, other, w.settings().replace(reports_dir="reports"))
+    html = res.path.read_text()
+    assert "lemmy-action" in html and "copy:lemmy-action" in html
+
     # a rerun finds everything in the vault and seals nothing twice
     r = fsq(["lemmy", "ban", "uploader", "--remove-data", "--reason", "again", "--dry-run",
              "--json"], env=w.env)
