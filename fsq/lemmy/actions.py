@@ -283,7 +283,9 @@ def execute_action(conn: sqlite3.Connection, settings: Any, plan: Plan, *,
     api = api or LemmyApi.from_settings(settings)
     if api.api is None:
         api.detect()
-    api.authenticate()          # a wrong JWT or login stops here: nothing sealed, nothing sent
+    # A wrong login (both versions) or a wrong JWT (0.19, via my_user) stops here: nothing
+    # sealed, nothing sent. 1.0's /site cannot test a JWT: there Lemmy refuses the call itself.
+    api.authenticate()
     now = iso()
     with transaction(conn):
         action_id = int(conn.execute(
