@@ -319,6 +319,10 @@ def test_ban_remove_data_seals_every_upload_then_calls(world, fsq):
     assert {i["id"] for i in view["incidents"]} == {e["incident_id"] for e in entries}
     assert [x["action"] for x in view["actions"]] == ["ban"]
     assert any("--remove-data" in s["command"] for s in view["suggested"])
+    r = fsq(["uploader", f"https://{S.HOST}/u/uploader", "--json"], env=w.env)
+    assert r.exit_code == 0 and json.loads(r.stdout)["person"]["id"] == pid
+    r = fsq(["uploader", "nobody-here"], env=w.env)
+    assert r.exit_code == 1 and "no Lemmy person" in r.stderr
     r = fsq(["uploader", str(pid)], env=w.env)
     assert r.exit_code == 0 and S.UPLOADER_IPS[0] in r.stdout and "<script>" not in r.stdout
 
