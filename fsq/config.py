@@ -208,6 +208,20 @@ SETTINGS: tuple[Setting, ...] = (
     S("instance_url", None, _opt_str,
       "Public URL of the Lemmy instance (used for links in reports).",
       "https://lemmy.example", group="reports"),
+    # Lemmy API (moderation follow-up: fsq lemmy ...)
+    S("lemmy_url", None, _opt_str,
+      "Lemmy base URL for moderation actions (`fsq lemmy remove|ban|purge`); the API version "
+      "(0.19: /api/v3, 1.0: /api/v4) is detected from GET /site.", "https://lemmy.example",
+      group="lemmy"),
+    S("lemmy_jwt", None, _opt_str,
+      "JWT of a Lemmy admin account (Authorization: Bearer). Or set FSQ_LEMMY_USERNAME and "
+      "FSQ_LEMMY_PASSWORD to log in for each command.", "", secret=True, group="lemmy"),
+    S("lemmy_username", None, _opt_str, "Lemmy admin user name or email, for a login.", "",
+      group="lemmy"),
+    S("lemmy_password", None, _opt_str, "Password of FSQ_LEMMY_USERNAME.", "", secret=True,
+      group="lemmy"),
+    S("lemmy_timeout", 30.0, _float_min(1.0), "Seconds to wait for each Lemmy API answer.",
+      "30", group="lemmy"),
     # S3
     S("s3_endpoint", None, _opt_str,
       "S3 endpoint URL for non-AWS stores (MinIO, Garage, ...).", "", group="s3"),
@@ -414,6 +428,7 @@ _GROUP_TITLES = {
     "retention": "Retention, legal hold and purge", "reports": "Reports and Lemmy/pict-rs linkage",
     "s3": "S3-compatible object storage (source or vault)", "sftp": "SSH/SFTP source",
     "serve": "Upload-time checking (fsq serve, pict-rs external validation)",
+    "lemmy": "Lemmy API: moderation follow-up (fsq lemmy ...)",
 }
 
 

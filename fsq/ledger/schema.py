@@ -176,6 +176,40 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """),
+    (5, "lemmy actions", r"""
+-- One row per moderation action sent (or attempted) through Lemmy's API by `fsq lemmy ...`.
+-- state: sealing (evidence being preserved) | sent (request on the wire; outcome unknown if it
+-- stays so) | done | failed. request is the exact call minus secrets (JSON: version, method,
+-- path, body); evidence lists every file the action would destroy and where it was preserved;
+-- snapshot is the linkage (target rows, reports, uploader, login IPs) taken before the call,
+-- snapshot_sha256 its canonical-JSON hash (also in the audit log).
+CREATE TABLE lemmy_actions (
+    id              INTEGER PRIMARY KEY,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    action          TEXT NOT NULL,   -- remove-post | remove-comment | ban | community-ban |
+                                     -- purge-post | purge-comment | purge-person
+    target_kind     TEXT NOT NULL,   -- post | comment | person
+    target_id       INTEGER NOT NULL,
+    incident_id     INTEGER REFERENCES incidents(id),   -- the triggering incident, if any
+    lemmy_version   TEXT,
+    reason          TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    evidence        TEXT NOT NULL DEFAULT '[]',
+    snapshot        TEXT,
+    snapshot_sha256 TEXT,
+    state           TEXT NOT NULL,
+    http_status     INTEGER,
+    response        TEXT,            -- Lemmy object ids from the answer (JSON), never the body
+    error           TEXT
+);
+CREATE INDEX lemmy_actions_incident ON lemmy_actions(incident_id);
+CREATE INDEX lemmy_actions_target ON lemmy_actions(target_kind, target_id);
+
+-- Incidents opened to preserve files a Lemmy action would destroy (origin 'lemmy-action')
+-- point at the incident that triggered the action.
+ALTER TABLE incidents ADD COLUMN linked_incident_id INTEGER REFERENCES incidents(id);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -20,6 +20,7 @@ from fsq.config import mask_url
 from fsq.incidents import resolve
 from fsq.ledger import audit
 from fsq.lemmy import urls
+from fsq.lemmy.followup import follow_up
 from fsq.lemmy.linkage import LABELS, Linkage, link_incident
 from fsq.timeutil import iso, parse_iso, utcnow
 
@@ -312,7 +313,8 @@ def build_model(conn: sqlite3.Connection, incident: str | int, settings: Any, *,
         "storage": storage,
         "classifier": classifier_view(verdict),
         "other_verdicts": others,
-        "linkage": _linkage_view(linkage, settings),
+        "linkage": (lview := _linkage_view(linkage, settings)),
+        "follow_up": follow_up(conn, iid, lview),
         "legal": {
             "retention_days": ret_days,
             "retention_basis": ("reported_at" if row["reported_at"] else
