@@ -1,0 +1,138 @@
+"""Issue 11: `fsq serve` cannot be starved by slow or half-open connections.
+
+The real ``python -m fsq serve`` process on a loopback port, attacked with raw sockets
+(bounded in number, all closed at the end) while a client plays pict-rs. Nothing here
+sleeps on the server's side: the timeouts are set short (FSQ_SERVE_*_TIMEOUT) so the test
+sees them fire.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from fsq.server.http import BodyBudget, BodyBudgetExceeded
+from tests.fixtures.images import png_bytes
+from tests.fixtures.model import concepts_file
+from tests.test_serve import _free_port, keys, metrics, post, start_proc  # noqa: F401
+
+SLOW_BODIES = 200
+HEADERLESS = 1000
+
+
+def _need_fds(n: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        if hard != resource.RLIM_INFINITY and hard < n:
+            pytest.skip(f"needs {n} open files, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def _closed_by_server(s: socket.socket, timeout: float) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except (socket.timeout, OSError):
+        return False
+
+
+def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
+        keys, tiny_model, tmp_path):  # noqa: F811
+    """200 bodies sent at 1 byte/s and 1,000 connections that never finish their headers:
+    real uploads are still answered with their verdict within 2 s (before: 503, slow bodies
+    held every admission slot; half-open connections were never closed). Slow bodies get
+    408, half-open connections are closed (over the cap: oldest first; else at the header
+    timeout), and /metrics counts each kind."""
+    _need_fds(SLOW_BODIES + HEADERLESS + 400)
+    cfg, ckpt = tiny_model
+    port = _free_port()
+    p = start_proc(["--model", str(cfg), "--pretrained", str(ckpt),
+                    "--concepts", str(concepts_file(tmp_path, 2.0))],
+                   {"FSQ_SERVE_HEADER_TIMEOUT": "4", "FSQ_SERVE_BODY_TIMEOUT": "4",
+                    "FSQ_SERVE_MAX_CONNECTIONS": "600"}, port)
+    slow: list[socket.socket] = []
+    idle: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        head = (b"POST /validate HTTP/1.1\r\nHost: fsq\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 100000\r\n\r\n")
+        for _ in range(SLOW_BODIES):
+            s = _connect(port)
+            s.sendall(head + b"\x89")
+            slow.append(s)
+
+        def trickle():  # one byte per second on every slow body
+            while not stop.wait(1.0):
+                for s in slow:
+                    try:
+                        s.send(b"P")
+                    except OSError:
+                        pass
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        for i in range(HEADERLESS):
+            s = _connect(port)
+            if i % 2:
+                s.sendall(b"POST /validate HTTP/1.1\r\nHost: fs")   # headers never finish
+            idle.append(s)
+
+        took = []
+        for seed in (1, 2):
+            t0 = time.monotonic()
+            status, body = post(port, "/validate", png_bytes(48, 40, seed=seed), timeout=10)
+            took.append(time.monotonic() - t0)
+            assert status == 200 and b'"ok"' in body, (status, body)   # the real verdict
+            time.sleep(1.0)
+        assert max(took) < 2.0, took
+
+        # Every slow body is answered 408 once its 4 s are up, and its connection closed.
+        answers = []
+        for s in slow:
+            s.settimeout(10)
+            try:
+                answers.append(s.recv(64))
+            except OSError as exc:
+                answers.append(repr(exc).encode())
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), set(answers)
+        assert all(_closed_by_server(s, 5) for s in idle)
+        status, _ = post(port, "/validate", png_bytes(48, 40, seed=3), timeout=10)
+        assert status == 200
+        m = metrics(port)
+        assert m['fsq_serve_dropped_total{kind="slow_body"}'] == SLOW_BODIES
+        assert m['fsq_serve_rejected_total{reason="slow_body"}'] == SLOW_BODIES
+        over = m['fsq_serve_dropped_total{kind="over_capacity"}']
+        late = m['fsq_serve_dropped_total{kind="header_timeout"}']
+        assert over >= SLOW_BODIES + HEADERLESS - 600 and late >= 1
+        assert over + late >= HEADERLESS
+        assert m['fsq_serve_verdicts_total{verdict="clean"}'] == 3
+        assert m['fsq_serve_rejected_total{reason="overload"}'] == 0
+    finally:
+        stop.set()
+        for s in slow + idle:
+            s.close()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+
+def test_body_budget_bounds_bytes_of_bodies_still_arriving():
+    b = BodyBudget(10)
+    b.take(6)
+    with pytest.raises(BodyBudgetExceeded):
+        b.take(5)
+    b.give(6)
+    b.take(10)
