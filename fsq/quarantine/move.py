@@ -55,6 +55,7 @@ from fsq.errors import ConfigError, FsqError, IntegrityError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.store import VaultMissing, VaultStore, open_vault
+from fsq.names import show_stored_key
 from fsq.sources.base import ObjectChanged, ObjectError, ObjectMissing, Source
 from fsq.testonly import crash_point
 from fsq.timeutil import iso, utcnow
@@ -303,7 +304,7 @@ class Quarantiner:
                 self._finish(conn, row["id"], src)
                 counts["completed"] += 1
             except ObjectError as exc:
-                log.warning("recovery of %s: %s", row["key"], exc.reason)
+                log.warning("recovery of %s: %s", show_stored_key(row["key"]), exc.reason)
                 counts["rolled_back"] += 1
         if hasattr(self.vault, "cleanup_temp"):
             # Only old temp files: a young one may belong to a write in progress right now
