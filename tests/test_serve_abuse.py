@@ -136,3 +136,35 @@ def test_body_budget_bounds_bytes_of_bodies_still_arriving():
         b.take(5)
     b.give(6)
     b.take(10)
+
+
+def test_soft_file_limit_is_raised_to_fit_the_connection_cap():
+    """In a child with soft RLIMIT_NOFILE 256: the cap of 1024 connections fits after fsq
+    raises the soft limit (up to the hard one); with the hard limit at 300 too the cap is
+    lowered to what fits, with a warning."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.images import REPO
+    code = (
+        "import resource, logging\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from fsq.server.http import fit_connections, FD_RESERVE\n"
+        "s, h = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard}))\n"
+        "n = fit_connections(1024)\n"
+        "print(n, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024 + 128:
+        pytest.skip(f"hard open-file limit {hard} is below what the test raises to")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code.format(hard="h")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1024", str(1024 + 128)]
+    assert "raised the open-file limit from 256" in r.stderr
+    r = subprocess.run([sys.executable, "-c", code.format(hard="300")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(300 - 128), "300"]
+    assert "leaves room for 172 connections" in r.stderr
