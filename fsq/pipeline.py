@@ -23,8 +23,9 @@ Invariant 6: every object that is not skipped ends as clean, flagged, unreadable
 a reason, and the summary counts them. No name stops a pass: a listed key fsq cannot represent
 or act on safely (``fsq.names.key_problem``) is recorded skipped with the reason, whatever the
 source; a key the source refuses on read, or an object that changes under fsq (read, or
-between classification and the move), is an error on that object. Exceptions of the *storage itself* (SourceError) stop the
-pass and are re-raised after the run is recorded as failed.
+between classification and the move), is an error on that object. Exceptions of the
+*storage itself* (SourceError) stop the pass and are re-raised after the run is recorded as
+failed.
 """
 
 from __future__ import annotations

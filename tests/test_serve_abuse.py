@@ -49,6 +49,24 @@ def _closed_by_server(s: socket.socket, timeout: float) -> bool:
         return False
 
 
+def _read_until_closed(s: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything the server sends, and whether it closed the connection within timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while (left := deadline - time.monotonic()) > 0:
+        s.settimeout(left)
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            return data, True
+        except (socket.timeout, OSError):
+            return data, False
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
 def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
         keys, tiny_model, tmp_path):  # noqa: F811
     """200 bodies sent at 1 byte/s and 1,000 connections that never finish their headers:
@@ -65,6 +83,7 @@ def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
                     "FSQ_SERVE_MAX_CONNECTIONS": "600"}, port)
     slow: list[socket.socket] = []
     idle: list[socket.socket] = []
+    early: list[socket.socket] = []
     stop = threading.Event()
     try:
         head = (b"POST /validate HTTP/1.1\r\nHost: fsq\r\nContent-Type: image/png\r\n"
@@ -76,7 +95,7 @@ def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
 
         def trickle():  # one byte per second on every slow body
             while not stop.wait(1.0):
-                for s in slow:
+                for s in slow + early:
                     try:
                         s.send(b"P")
                     except OSError:
@@ -90,6 +109,13 @@ def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
                 s.sendall(b"POST /validate HTTP/1.1\r\nHost: fs")   # headers never finish
             idle.append(s)
 
+        # Answered before the body was read (declared too large: 413): the connection is closed
+        # at once, however slowly the client keeps sending.
+        for _ in range(20):
+            s = _connect(port)
+            s.sendall(b"POST /validate HTTP/1.1\r\nHost: fsq\r\nContent-Length: 999999999\r\n"
+                      b"\r\nxx")
+            early.append(s)
         took = []
         for seed in (1, 2):
             t0 = time.monotonic()
@@ -99,6 +125,9 @@ def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
             time.sleep(1.0)
         assert max(took) < 2.0, took
 
+        for s in early:
+            data, closed = _read_until_closed(s, 5)
+            assert data.startswith(b"HTTP/1.1 413") and closed, data
         # Every slow body is answered 408 once its 4 s are up, and its connection closed.
         answers = []
         for s in slow:
@@ -122,7 +151,7 @@ def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
         assert m['fsq_serve_rejected_total{reason="overload"}'] == 0
     finally:
         stop.set()
-        for s in slow + idle:
+        for s in slow + idle + early:
             s.close()
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)

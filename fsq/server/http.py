@@ -26,7 +26,8 @@ So fsq runs uvicorn with ``GuardedH11Protocol`` (a subclass of uvicorn's h11 pro
   never a real upload's slot, and fds stay below the cap.
 * **Body timeout.** ``read_body`` gives the whole body ``body_timeout`` seconds from the end of
   the headers; a slower one is answered 408 with ``Connection: close`` and counted
-  (``slow_body``). Bytes of bodies still arriving are bounded by a shared budget
+  (``slow_body``). Any answer sent before its request's body was fully received (401, 413,
+  408, overload) closes the connection, so the rest of a body is never waited for. Bytes of bodies still arriving are bounded by a shared budget
   (``BodyBudget``), so many slow bodies cannot hold memory either.
 * **File limit.** ``raise_nofile_limit`` lifts the soft RLIMIT_NOFILE towards the hard one at
   start, so the cap (plus the process's own files) fits.
@@ -192,8 +193,13 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
         def on_response_complete(self) -> None:
             self._fsq_served = True
             super().on_response_complete()
-            # Idle again: uvicorn's keep-alive timer runs; our timer restarts with the
-            # first byte of the next request (data_received).
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # Answered before the body was read (401, 413, 408, overload): close, or a
+                # client trickling the rest would hold a busy connection (never evicted,
+                # never timed out: uvicorn restarts keep-alive on every byte) for ever.
+                self.transport.close()
+            # Otherwise idle again: uvicorn's keep-alive timer runs; our header timer
+            # restarts with the first byte of the next request (data_received).
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._fsq_disarm()
