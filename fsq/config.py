@@ -258,6 +258,14 @@ SETTINGS: tuple[Setting, ...] = (
       "64", group="serve"),
     S("serve_batch_wait_ms", 10, _int_min(0),
       "Milliseconds to gather concurrent uploads into one batch.", "10", group="serve"),
+    S("serve_header_timeout", 10.0, _float_min(0.1),
+      "Seconds a connection may take to send its request headers, else it is closed.", "10",
+      group="serve"),
+    S("serve_body_timeout", 15.0, _float_min(0.1),
+      "Seconds a request may take to send its whole body, else 408.", "15", group="serve"),
+    S("serve_max_connections", 1024, _int_min(16),
+      "Open connections at most; over it the oldest that sent no request is closed.", "1024",
+      group="serve"),
 )
 del S
 

@@ -20,8 +20,12 @@ incident and audit event (a savepoint inside the group). A crash loses at most t
 those objects are not recorded as done, so the next pass does them again.
 
 Invariant 6: every object that is not skipped ends as clean, flagged, unreadable or error, with
-a reason, and the summary counts them. Exceptions of the *storage itself* (SourceError) stop the
-pass and are re-raised after the run is recorded as failed.
+a reason, and the summary counts them. No name stops a pass: a listed key fsq cannot represent
+or act on safely (``fsq.names.key_problem``) is recorded skipped with the reason, whatever the
+source; a key the source refuses on read, or an object that changes under fsq (read, or
+between classification and the move), is an error on that object. Exceptions of the
+*storage itself* (SourceError) stop the pass and are re-raised after the run is recorded as
+failed.
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
 from fsq.decode import Decoded, Unreadable, decode, hashes, sniff
-from fsq.errors import FsqError
+from fsq.errors import FsqError, UsageError
 from fsq.ledger import audit, state
 from fsq.ledger.db import connect, transaction
-from fsq.sources.base import ObjectError, ObjectInfo, Source
+from fsq.names import db_key, display_key, key_problem
+from fsq.sources.base import ObjectChanged, ObjectError, ObjectInfo, Source
 
 log = logging.getLogger("fsq.scan")
 
@@ -228,6 +233,9 @@ class Scanner:
         except ObjectError as exc:
             item.error = exc.reason
             return item
+        except UsageError as exc:  # the source refused the key itself: this object only
+            item.error = f"key refused: {exc.message}"
+            return item
         item.data = data
         item.sha256, item.md5 = hashes(data)
         item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
@@ -319,6 +327,12 @@ class Scanner:
 
     def _admit(self, info: ObjectInfo, s: Summary, run_id: int) -> _Item | None:
         """Decide in the writer thread whether an object needs fetching."""
+        if info.skip_reason is None:
+            # Whatever the source: a name fsq cannot represent or act on is skipped, with
+            # the reason, never read (a name must never stop the pass).
+            problem = key_problem(info.key)
+            if problem is not None:
+                info = replace(info, skip_reason=problem)
         row = state.get_object(self.conn, self.source.url, info.key)
         if info.skip_reason is not None:
             self._begin()
@@ -328,7 +342,7 @@ class Scanner:
                 state.set_object_result(self.conn, oid, status="skipped",
                                         reason=info.skip_reason)
             s.skipped += 1
-            s.problems.append({"key": info.key, "status": "skipped",
+            s.problems.append({"key": db_key(info.key), "status": "skipped",
                                "reason": info.skip_reason})
             return None
         if not self.cfg.rescan and state.unchanged(row, info.size, info.mtime):
@@ -402,11 +416,21 @@ class Scanner:
                                           incident_id=int(incident_id),  # type: ignore[arg-type]
                                           media_type=v.media_type)
                     s.quarantined += 1
+                except ObjectChanged as exc:
+                    # Rewritten since it was read: nothing was removed (the move rolled back);
+                    # an error on this object, classified again next pass.
+                    self._begin()
+                    state.set_object_result(self.conn, it.object_id, status="error",
+                                            reason=exc.reason)
+                    s.flagged -= 1
+                    s.errors += 1
+                    s.problems.append({"key": key, "status": "error", "reason": exc.reason})
+                    log.warning("not quarantined %s: %s", display_key(key), exc.reason)
                 except ObjectError as exc:
                     s.quarantine_failed += 1
                     s.problems.append({"key": key, "status": "quarantine-failed",
                                        "reason": exc.reason})
-                    log.warning("could not quarantine %s: %s", key, exc.reason)
+                    log.warning("could not quarantine %s: %s", display_key(key), exc.reason)
         it.data = None
 
 

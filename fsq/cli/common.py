@@ -61,6 +61,15 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
 
+def show_key(stored: str) -> str:
+    """Every human-readable printer of an object key uses this: the key as stored (state DB,
+    summaries) shown with control characters, escape sequences, newlines and raw bytes
+    escaped, so a hostile name cannot rewrite the terminal or forge a line (fsq.names).
+    ``--json`` output carries the stored form instead (reversible: fsq.names.key_from_db)."""
+    from fsq.names import show_stored_key
+    return show_stored_key(stored)
+
+
 def warn(msg: str) -> None:
     click.echo(f"fsq: warning: {msg}", err=True)
 

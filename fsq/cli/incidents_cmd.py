@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fsq.cli.common import db_option, echo_json, json_option, load, open_db, table
+from fsq.cli.common import db_option, echo_json, json_option, load, open_db, show_key, table
 from fsq.holds import mark_reported, parse_report_time
 from fsq.incidents import detail, resolve, summary
 
@@ -88,11 +88,12 @@ def show(incident_ref, db, as_json):
                    f"severity {v['severity']}; fired: {fired}")
     click.echo("  storage keys:")
     for o in d["storage_keys"]:
-        click.echo(f"    {o['status']:<12} {o['source']}  {o['key']}")
+        click.echo(f"    {o['status']:<12} {o['source']}  {show_key(o['key'])}")
     if d["entries"]:
         click.echo("  vault entries:")
         for e in d["entries"]:
-            click.echo(f"    {e['entry']}  {e['state']:<12} {e['key']}  ({e['created_at']})")
+            click.echo(f"    {e['entry']}  {e['state']:<12} {show_key(e['key'])}  "
+                       f"({e['created_at']})")
 
 
 @incident.command("mark-reported")

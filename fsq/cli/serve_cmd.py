@@ -38,7 +38,9 @@ def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vaul
     upload is sealed into the vault, with an incident and audit events, before the answer goes
     out, because pict-rs deletes it. Only the vault *public* key is needed. Also serves
     GET /healthz and GET /metrics (Prometheus). Stop with SIGTERM or Ctrl-C: requests in
-    flight are answered first. See docs/serve.md for the pict-rs and docker settings.
+    flight are answered first. Slow or half-open clients are cut off by
+    FSQ_SERVE_HEADER_TIMEOUT, FSQ_SERVE_BODY_TIMEOUT (408) and FSQ_SERVE_MAX_CONNECTIONS.
+    See docs/serve.md for the pict-rs and docker settings.
 
     \b
     Examples:

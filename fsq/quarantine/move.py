@@ -55,7 +55,8 @@ from fsq.errors import ConfigError, FsqError, IntegrityError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.store import VaultMissing, VaultStore, open_vault
-from fsq.sources.base import ObjectError, ObjectMissing, Source
+from fsq.names import show_stored_key
+from fsq.sources.base import ObjectChanged, ObjectError, ObjectMissing, Source
 from fsq.testonly import crash_point
 from fsq.timeutil import iso, utcnow
 
@@ -235,8 +236,8 @@ class Quarantiner:
             if current is not None:
                 if _sha(current) != row["sha256"]:
                     self._rollback(conn, row, "source content changed since classification")
-                    raise ObjectError(row["key"], "content changed since it was classified; "
-                                                  "not removed (rescan it)")
+                    raise ObjectChanged(row["key"], "content changed since it was classified; "
+                                                    "not removed (scanned again next pass)")
                 source.remove(row["key"])
             crash_point("after-remove")
             self._set(conn, entry_id, "source_removed")
@@ -318,7 +319,7 @@ class Quarantiner:
                 self._finish(conn, row["id"], src)
                 counts["completed"] += 1
             except ObjectError as exc:
-                log.warning("recovery of %s: %s", row["key"], exc.reason)
+                log.warning("recovery of %s: %s", show_stored_key(row["key"]), exc.reason)
                 counts["rolled_back"] += 1
         if hasattr(self.vault, "cleanup_temp"):
             # Only old temp files: a young one may belong to a write in progress right now

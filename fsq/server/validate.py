@@ -67,6 +67,8 @@ from fsq.ledger import state
 from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_or_verdict,
                           load_hash_lists, precheck, record_verdict)
 from fsq.quarantine.move import UNFINISHED, UPLOAD_SOURCE
+from fsq.server.http import (BodyBudget, BodyBudgetExceeded, BodyTimeout, BodyTooLarge,
+                             ConnectionLimits, fit_connections, guarded_protocol, read_body)
 from fsq.server.metrics import Metrics
 from fsq.timeutil import iso
 
@@ -108,6 +110,9 @@ class ServeOptions:
     queue: int = 64
     batch_wait_ms: int = 10
     batch_size: int = 8
+    header_timeout: float = 10.0
+    body_timeout: float = 15.0
+    max_connections: int = 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ServeOptions":
@@ -128,7 +133,10 @@ class ServeOptions:
         return cls(host=host, port=port, token=token, max_body=settings.serve_max_body,
                    on_error=settings.serve_on_error, timeout=settings.serve_timeout,
                    queue=settings.serve_queue, batch_wait_ms=settings.serve_batch_wait_ms,
-                   batch_size=settings.batch_size)
+                   batch_size=settings.batch_size,
+                   header_timeout=settings.serve_header_timeout,
+                   body_timeout=settings.serve_body_timeout,
+                   max_connections=settings.serve_max_connections)
 
 
 # --- one upload on its way through ---------------------------------------------------------------
@@ -204,8 +212,13 @@ class Validator:
         self._decode_pool = (ThreadPoolExecutor(max_workers=workers,
                                                 thread_name_prefix="fsq-serve-decode")
                              if workers > 1 else None)
-        # Bodies in memory are bounded too, not only the queue (each up to max_body).
+        # Bodies in memory are bounded too, not only the queue (each up to max_body): at most
+        # _admit_limit complete bodies wait for verdicts, and bodies still arriving hold at
+        # most as many bytes between them. Slow senders therefore never take the slots of
+        # complete uploads (fsq.server.http).
         self._admit_limit = opts.queue + 2 * opts.batch_size
+        self._waiting = 0  # complete bodies waiting for a verdict (event loop only)
+        self._bodies = BodyBudget(self._admit_limit * opts.max_body)
         self._closed = False
 
     # -- lifecycle (event loop) -------------------------------------------------------------
@@ -455,9 +468,11 @@ class Validator:
             m.answered(status, took, reason=reason, fail_open=fail_open)
             log.log(level, "POST %s %d %s %.0fms size=%d type=%s client=%s%s", path, status,
                     label, took * 1000, size, ctype, client, extra)
-            msg = {200: "ok", 406: "rejected", 401: "unauthorized", 413: "too large",
-                   503: "unavailable"}[status]
-            return JSONResponse({"msg": msg}, status_code=status)
+            msg = {200: "ok", 406: "rejected", 401: "unauthorized", 408: "request timeout",
+                   413: "too large", 503: "unavailable"}[status]
+            # A 408 leaves the body unread: the connection cannot be reused, close it.
+            headers = {"Connection": "close"} if status == 408 else None
+            return JSONResponse({"msg": msg}, status_code=status, headers=headers)
 
         def policy(why: str, detail: str = ""):
             if self.opts.on_error == "accept":
@@ -474,22 +489,27 @@ class Validator:
             if declared is not None and declared.isdigit() and int(declared) > self.opts.max_body:
                 size = int(declared)
                 return answer(413, "too-large", reason="too_large", level=logging.WARNING)
-            if m.inflight > self._admit_limit:
-                return policy("overload", f" ({m.inflight} requests in flight)")
-            body = bytearray()
             try:
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > self.opts.max_body:
-                        size = len(body)
-                        return answer(413, "too-large", reason="too_large",
-                                      level=logging.WARNING)
+                body = await read_body(request, max_body=self.opts.max_body,
+                                       timeout=self.opts.body_timeout, budget=self._bodies)
+            except BodyTooLarge as exc:
+                size = exc.size
+                return answer(413, "too-large", reason="too_large", level=logging.WARNING)
+            except BodyTimeout as exc:
+                size = exc.received
+                m.drop("slow_body")
+                return answer(408, "slow-body", reason="slow_body", level=logging.WARNING,
+                              extra=f" (body not complete within {self.opts.body_timeout:g}s)")
+            except BodyBudgetExceeded:
+                return policy("overload", " (bodies being received hold the memory budget)")
             except ClientDisconnect:
                 log.info("POST %s: client went away before sending the whole body", path)
                 return JSONResponse({"msg": "incomplete"}, status_code=400)
             size = len(body)
+            if self._waiting >= self._admit_limit:
+                return policy("overload", f" ({self._waiting} uploads waiting for verdicts)")
             assert self._loop is not None and self._queue is not None
-            up = Upload(bytes(body), ctype, client, iso(), time.time(),
+            up = Upload(body, ctype, client, iso(), time.time(),
                         secrets.token_hex(6), self._loop.create_future())
             del body
             try:
@@ -499,6 +519,7 @@ class Validator:
                 # and it is the bottleneck): the log line is the record.
                 return policy("overload", f" (queue of {self.opts.queue} full)")
             remaining = self.opts.timeout - (time.monotonic() - t0)
+            self._waiting += 1
             try:
                 out: Outcome = await asyncio.wait_for(asyncio.shield(up.future),
                                                       max(remaining, 0.0))
@@ -506,6 +527,8 @@ class Validator:
                 up.answered_by_policy = f"timeout-{self.opts.on_error}"
                 return policy("timeout", f" (no verdict within {self.opts.timeout:g}s; the "
                                          "upload is still checked and recorded)")
+            finally:
+                self._waiting -= 1
             sha = f" sha256={out.sha256[:16]}" if out.sha256 else ""
             if out.verdict == "flagged":
                 sealed = (f" sealed={out.entry_id}" if out.entry_id else " NOT-SEALED")
@@ -610,12 +633,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, opts: ServeOptions) -> Any:
+def make_server(app: Any, opts: ServeOptions, metrics: Metrics | None = None) -> Any:
+    """uvicorn with fsq's guarded h11 protocol (header timeout, connection cap that keeps
+    room for real uploads; fsq.server.http). uvicorn's own ``limit_concurrency`` stays off: it
+    counts idle connections too and would answer 503 to real uploads during a flood."""
     import uvicorn
+    limits = ConnectionLimits(header_timeout=opts.header_timeout,
+                              max_connections=fit_connections(opts.max_connections))
+    count = metrics.drop if metrics is not None else (lambda kind: None)
     config = uvicorn.Config(
         app, lifespan="on", log_config=None,
         access_log=False,          # it would print /validate/TOKEN; we log redacted lines
         server_header=False, ws="none", proxy_headers=False,
+        http=guarded_protocol(limits, count),
+        backlog=min(4096, max(128, limits.max_connections)),
         timeout_graceful_shutdown=int(opts.timeout) + 5,
         timeout_keep_alive=30)
     return uvicorn.Server(config)
@@ -637,13 +668,16 @@ def serve_forever(settings: Any, *, classifier: Classifier | None = None) -> Non
         uv.addHandler(h)
     uv.setLevel(fsq_log.level or logging.INFO)
     uv.propagate = False
-    server = make_server(create_app(validator), validator.opts)
+    server = make_server(create_app(validator), validator.opts, validator.metrics)
     host = f"[{validator.opts.host}]" if ":" in validator.opts.host else validator.opts.host
     log.info("validating uploads at http://%s:%d/validate%s (on error: %s, timeout %gs, "
-             "max body %d bytes, batch %d / %d ms, queue %d)", host, sock.getsockname()[1],
+             "max body %d bytes, batch %d / %d ms, queue %d; header/body timeouts %g/%gs, "
+             "max %d connections)", host, sock.getsockname()[1],
              "/<token>" if validator.opts.token else "", validator.opts.on_error,
              validator.opts.timeout, validator.opts.max_body, validator.opts.batch_size,
-             validator.opts.batch_wait_ms, validator.opts.queue)
+             validator.opts.batch_wait_ms, validator.opts.queue,
+             validator.opts.header_timeout, validator.opts.body_timeout,
+             server.config.http._limits.max_connections)
     if validator.opts.timeout >= PICTRS_TIMEOUT_S:
         log.warning("--timeout %gs is not below pict-rs's default 30 s: pict-rs may give up "
                     "first (and reject) before the on-error policy answers",
