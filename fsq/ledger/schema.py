@@ -176,6 +176,24 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """),
+    (3, "review console: review state, queue indexes, audit subject index", r"""
+-- Review console (fsq.review). review_state is the reviewer's latest decision:
+--   needs_review | escalated | to_report | reported | kept | false_positive | cleared
+-- (the lifecycle state stays in incidents.state). review_score caches the verdict's best
+-- margin over its threshold for sorting; review_uploader caches the Lemmy uploader learnt by
+-- linkage (NULL = not known yet).
+ALTER TABLE incidents ADD COLUMN review_state TEXT NOT NULL DEFAULT 'needs_review';
+ALTER TABLE incidents ADD COLUMN review_score REAL;
+ALTER TABLE incidents ADD COLUMN review_uploader TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_at TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_by TEXT;
+CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
+CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
+CREATE INDEX incidents_created ON incidents(created_at);
+CREATE INDEX incidents_score ON incidents(review_score);
+-- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
+CREATE INDEX audit_subject ON audit(subject, seq);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]
