@@ -192,7 +192,7 @@ def test_login_token_works_once_and_idle_sessions_lock():
     assert s.lookup(sid)[0] is sess                  # activity restarts the idle clock
     now[0] += 61
     assert s.lookup(sid) == (None, True)             # locked
-    assert s.lookup(sid) == (None, False)            # and gone
+    assert s.lookup(sid) == (None, True)             # stays locked, announced once
     assert len(announced) == 1 and s.login(announced[0]) is not None
 
 

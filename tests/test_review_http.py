@@ -125,6 +125,8 @@ def test_post_without_or_with_wrong_csrf_is_403_and_changes_nothing(quarantined)
     {"Host": "127.0.0.1.nip.io:{port}"},
     {"Origin": "http://evil.example"},
     {"Origin": "null"},
+    {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},
     {"Sec-Fetch-Site": "cross-site"},
 ])
 def test_foreign_host_or_origin_is_refused(quarantined, headers):  # noqa: F811

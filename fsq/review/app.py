@@ -73,9 +73,13 @@ class Guard:
         why = None
         if host not in self.hosts:
             why = "this console answers only to its own loopback address (Host refused)"
-        elif origin is not None and origin.lower() not in self.origins:
+        elif origin is not None and origin.lower() not in self.origins and not (
+                # With Referrer-Policy: no-referrer, Chromium sends "Origin: null" even for a
+                # same-origin form POST. Accept that only when the browser itself (page
+                # scripts cannot set Sec-Fetch-*) says the request is same-origin.
+                origin == "null" and headers.get("sec-fetch-site") == "same-origin"):
             why = "cross-origin request refused (Origin)"
-        elif headers.get("sec-fetch-site") == "cross-site":
+        elif headers.get("sec-fetch-site") in ("cross-site", "same-site"):
             why = "cross-site request refused"
 
         async def send_secure(message: dict) -> None:
@@ -379,6 +383,7 @@ class Console:
         w = self._wrap
         routes = [
             Route("/static/{name}", self.static_file, methods=["GET"]),
+            Route("/favicon.ico", _no_content, methods=["GET"]),
             Route("/login", w(self.login, auth=False), methods=["GET"]),
             Route("/", w(self.queue_page), methods=["GET"]),
             Route("/incident/{iid:int}", w(self.incident_page), methods=["GET"]),
@@ -390,6 +395,11 @@ class Console:
             Route("/logout", w(self.logout, post=True), methods=["POST"]),
         ]
         return Guard(Starlette(routes=routes), hosts)
+
+
+async def _no_content(request: Any) -> Any:
+    from starlette.responses import Response
+    return Response(status_code=204)
 
 
 def _one(form: dict[str, list[str]], name: str) -> str | None:

@@ -52,6 +52,7 @@ class Sessions:
         self._lock = threading.Lock()
         self._login: bytes | None = None
         self._session: Session | None = None
+        self._locked: list[bytes] = []      # digests of sessions that locked (last few)
 
     # --- login ---------------------------------------------------------------------------------
 
@@ -84,24 +85,23 @@ class Sessions:
     # --- per request ---------------------------------------------------------------------------
 
     def lookup(self, sid: str | None) -> tuple[Session | None, bool]:
-        """(session, locked_now). A valid, non-idle session is touched (idle clock restarts).
-        An idle one is destroyed, and a new login token is announced."""
+        """(session, locked). A valid, non-idle session is touched (idle clock restarts).
+        An idle one is destroyed and a new login token is announced (once); its cookie keeps
+        getting ``locked`` answers."""
         if not sid:
             return None, False
-        locked = False
+        d = _digest(sid)
         with self._lock:
             s = self._session
-            if s is None or not hmac.compare_digest(_digest(sid), s.sid_digest):
-                return None, False
+            if s is None or not hmac.compare_digest(d, s.sid_digest):
+                return None, any(hmac.compare_digest(d, x) for x in self._locked)
             now = self.clock()
-            if now - s.last_seen > self.idle_seconds:
-                self._session = None
-                locked = True
-            else:
+            if now - s.last_seen <= self.idle_seconds:
                 s.last_seen = now
                 return s, False
-        if locked:
-            self.announce(self.new_login_token())
+            self._session = None
+            self._locked = (self._locked + [d])[-8:]
+        self.announce(self.new_login_token())
         return None, True
 
     @staticmethod

@@ -55,6 +55,14 @@
   }
 
   if (page === "incident") {
+    // The session's count of un-blurred views was rendered before this page's preview was
+    // fetched; count the preview once it has arrived.
+    var img = document.getElementById("preview-img");
+    var counter = document.querySelector("#unblurred-count b");
+    if (img && counter && img.dataset.blurred === "false") {
+      var bump = function () { counter.textContent = String(parseInt(counter.textContent, 10) + 1); };
+      if (img.complete && img.naturalWidth > 0) { bump(); } else { img.addEventListener("load", bump, {once: true}); }
+    }
     var form = document.getElementById("decide");
     var reason = document.getElementById("reason");
     var hint = document.getElementById("pending-hint");
