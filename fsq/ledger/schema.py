@@ -191,6 +191,7 @@ CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
 CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
 CREATE INDEX incidents_created ON incidents(created_at);
 CREATE INDEX incidents_score ON incidents(review_score);
+CREATE INDEX incidents_review_counts ON incidents(review_state, state);
 -- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
 CREATE INDEX audit_subject ON audit(subject, seq);
 """),
