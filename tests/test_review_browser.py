@@ -6,7 +6,6 @@ Lemmy text shown inert."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from fsq.review.decisions import Lifecycle, decide
 from fsq.review.export import export_incident
 from fsq.review.session import Sessions
 from fsq.secrets import Secret
-from tests.review_fixtures import (CANARY, PASS, VaultSources, quarantined,  # noqa: F401
+from tests.review_fixtures import (PASS, VaultSources, quarantined,  # noqa: F401
                                    settings, sha, sharp_jpeg)
 
 

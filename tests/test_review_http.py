@@ -8,9 +8,9 @@ import json
 import pytest
 import requests
 
+from fsq.ledger.db import connect
 from fsq.review import previews
 from tests.review_fixtures import audit_rows, console, quarantined  # noqa: F401
-from fsq.ledger.db import connect
 
 JSON = {"Accept": "application/json"}
 HEADERS = {
@@ -34,10 +34,6 @@ def logged_in(c) -> requests.Session:
     assert r.status_code == 303, r.text
     check_headers(r)
     return s
-
-
-def csrf_of(s: requests.Session, c) -> str:
-    return s.get(c.base + "/", headers=JSON).json() and _meta_csrf(s.get(c.base + "/").text)
 
 
 def _meta_csrf(html: str) -> str:

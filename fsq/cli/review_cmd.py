@@ -58,8 +58,7 @@ def review(listen, reviewer, allow_remote, idle_minutes, passphrase_file, db):
     who = _reviewer(settings, reviewer)
 
     def announce(url: str) -> None:
-        click.echo(f"fsq review: session locked or ended; new one-time login link: {url}",
-                   err=False)
+        click.echo(f"fsq review: session locked or ended; new one-time login link: {url}")
 
     try:
         running = build(conn, settings, lifecycle=Lifecycle(key, cache.vault, cache.source),
@@ -67,15 +66,17 @@ def review(listen, reviewer, allow_remote, idle_minutes, passphrase_file, db):
         audit.append(conn, "review.started", "review",
                      {"reviewer": who, "listen": f"{running.host}:{running.port}",
                       "allow_remote": allow_remote})
-        url = running.url(running.console.sessions.new_login_token())
-        if allow_remote:
-            click.echo("fsq review: listening beyond loopback; make sure TLS is in front",
-                       err=True)
-        click.echo(f"fsq review: reviewer {who}; open this one-time login link (it works once):"
-                   f"\n  {url}", err=False)
-        run(running)
+        try:
+            url = running.url(running.console.sessions.new_login_token())
+            if allow_remote:
+                click.echo("fsq review: listening beyond loopback; make sure TLS is in front "
+                           "and the name is in FSQ_REVIEW_ALLOWED_HOSTS", err=True)
+            click.echo(f"fsq review: reviewer {who}; open this one-time login link (it works "
+                       f"once):\n  {url}")
+            run(running)
+        finally:
+            audit.append(conn, "review.stopped", "review", {"reviewer": who})
     finally:
-        audit.append(conn, "review.stopped", "review", {"reviewer": who})
         cache.close()
 
 

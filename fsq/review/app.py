@@ -205,8 +205,7 @@ class Console:
                         return self.message(request, 500, "Integrity failure", exc.message,
                                             session)
                     except FsqError as exc:
-                        return self.message(request, 400, "Not done", exc.message, session,
-                                            request.headers.get("x-back"))
+                        return self.message(request, 400, "Not done", exc.message, session)
             return await run_in_threadpool(call)
         return endpoint
 
