@@ -238,7 +238,13 @@ def test_review_flow_in_chromium(quarantined, browser, tmp_path):  # noqa: F811
         assert incident_row(img2)["review_state"] == "escalated"
         assert not errors, errors
 
-    # the audit log has every view and decision, and is intact
+    # the audit log has every view and decision, and is intact; SIGTERM stopped the console
+    assert proc.p.returncode == 0, proc.p.stderr.read()[-2000:]
+    assert len(audit_rows("review.started")) == len(audit_rows("review.stopped")) == 1
+    conn = connect("fsq.db")
+    from fsq.ledger import audit
+    assert audit.verify(conn).ok
+    conn.close()
     decided = [json.loads(r["details"]) for r in audit_rows("review.decided")]
     assert [d["decision"] for d in decided] == ["confirm", "false_positive", "escalate",
                                                 "escalate"]

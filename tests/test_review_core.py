@@ -70,10 +70,12 @@ def test_blur_and_grey_off_make_level0_a_view_of_the_file():
 
 def test_animation_is_a_strip_of_sampled_frames():
     from tests.fixtures.images import animated_gif
-    p = previews.render_preview(animated_gif(frames=6, seed=3), 0)
+    data = animated_gif(frames=6, seed=3)
+    p = previews.render_preview(data, 0)
     im = png(p)
     assert p.frames == 4 and im.width > 3 * im.height   # four 40x30 frames side by side
-    assert im.height <= 128                             # each frame within the level's size
+    assert max(im.size) <= 128                          # the whole strip within 128 px
+    assert png(previews.render_preview(data, 3)).size == (4 * 40 + 3 * 4, 30)
 
 
 def test_undecodable_bytes_have_no_preview():
@@ -253,3 +255,59 @@ def test_export_cli(quarantined, fsq, tmp_path):  # noqa: F811
     assert r.exit_code == 1 and not (tmp_path / "x").exists()
     assert fsq(["audit", "verify"]).exit_code == 0
     assert os.listdir(out)
+
+
+def test_migration_3_upgrades_an_existing_database(tmp_path):
+    import sqlite3
+    from fsq.ledger.schema import MIGRATIONS
+    from fsq.ledger.db import _split_sql
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    for stmt in _split_sql(MIGRATIONS[0][2]):
+        raw.execute(stmt)
+    raw.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
+                "NULL, applied_at TEXT NOT NULL)")
+    raw.execute("INSERT INTO schema_migrations VALUES (1, 'initial schema', 'x')")
+    for i, st in enumerate(("quarantined", "released", "reported", "cleared"), 1):
+        raw.execute("INSERT INTO incidents (sha256, state, created_at) VALUES (?,?,?)",
+                    (f"{i:064x}", st, "2026-01-01T00:00:00Z"))
+    raw.commit()
+    raw.close()
+    conn = connect(path)
+    got = [tuple(r) for r in conn.execute("SELECT state, review_state FROM incidents "
+                                          "ORDER BY id")]
+    assert got == [("quarantined", "needs_review"), ("released", "false_positive"),
+                   ("reported", "reported"), ("cleared", "cleared")]
+    conn.close()
+
+
+def test_unreadable_evidence_has_no_preview_but_the_decryption_is_logged(tmp_path, fsq,
+                                                                          tiny_model):
+    from tests.fixtures.images import bomb_png, jpeg_bytes
+    from tests.fixtures.model import concepts_file
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "trunc.jpg").write_bytes(jpeg_bytes(200, 150)[:300])
+    (store / "bomb.png").write_bytes(bomb_png())
+    pw = tmp_path / "pw"
+    pw.write_text(PASS)
+    pw.chmod(0o600)
+    assert fsq(["init", "--passphrase-file", str(pw)]).exit_code == 0
+    cfg, ckpt = tiny_model
+    env = {"FSQ_SOURCE": f"file://{store}", "FSQ_MODEL": str(cfg), "FSQ_PRETRAINED": str(ckpt),
+           "FSQ_CONCEPTS": str(concepts_file(tmp_path, -1.0)), "FSQ_UNREADABLE": "flag"}
+    r = fsq(["scan", "--all", "--json"], env=env)
+    assert r.exit_code == 0 and json.loads(r.stdout)["quarantined"] == 2, r.output
+    conn = connect("fsq.db")
+    s = settings()
+    vs = VaultSources(s)
+    key = load_private_key("keys/vault.key", Secret(PASS))
+    for row in conn.execute("SELECT * FROM incidents").fetchall():
+        with pytest.raises(previews.PreviewUnavailable):
+            previews.serve_preview(conn, row, 0, private_key=key, vault_for=vs.vault,
+                                   reviewer="alice")
+        (v,) = previews.views(conn, row["id"])
+        assert v["rendered"] is False
+        assert build_model(conn, row["id"], s, link=False)["cybertip"]["file"][
+            "fileViewedByEsp"] is False
+    conn.close()

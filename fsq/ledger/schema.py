@@ -187,6 +187,9 @@ ALTER TABLE incidents ADD COLUMN review_score REAL;
 ALTER TABLE incidents ADD COLUMN review_uploader TEXT;
 ALTER TABLE incidents ADD COLUMN reviewed_at TEXT;
 ALTER TABLE incidents ADD COLUMN reviewed_by TEXT;
+-- Incidents decided before the console existed start in the matching review state.
+UPDATE incidents SET review_state = CASE state WHEN 'released' THEN 'false_positive'
+    WHEN 'reported' THEN 'reported' WHEN 'cleared' THEN 'cleared' ELSE review_state END;
 CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
 CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
 CREATE INDEX incidents_created ON incidents(created_at);

@@ -17,8 +17,8 @@ level  max side  colour       blur      counts as
 
 ``FSQ_REVIEW_BLUR=false`` removes the blur and ``FSQ_REVIEW_GRAYSCALE=false`` the grey; then the
 level-0 preview is no longer a blurred one and is audited as a view of the file. Animations
-show a strip of their sampled frames (each frame within the level's size). Files the decoder
-cannot read (videos today) have no preview; the decryption is still audited.
+show a strip of their sampled frames (the whole strip within the level's size). Files the
+decoder cannot read (videos today) have no preview; the decryption is still audited.
 
 This module is the one place the review console imports the decoder (fsq.decode is moving to
 fsq.media; adapt the import below only).
@@ -90,29 +90,27 @@ def render_preview(data: bytes, level: int, *, blur: bool = True, grayscale: boo
     """Pure: bytes in, PNG out (raises ``Unreadable`` for what the decoder cannot read)."""
     lv = effective(level, blur=blur, grayscale=grayscale)
     d = decode(data, max_pixels=max_pixels, fit=lv.max_side, max_frames=4)
-    frames = []
-    for fr in d.frames:
-        fr = fr.copy()
-        if fr.width > lv.max_side or fr.height > lv.max_side:
-            fr.thumbnail((lv.max_side, lv.max_side), Image.Resampling.LANCZOS)
-        if lv.grayscale:
-            fr = fr.convert("L")
-        if lv.blur_radius:
-            fr = fr.filter(ImageFilter.GaussianBlur(lv.blur_radius))
-        frames.append(fr)
+    mode = "L" if lv.grayscale else "RGB"
+    frames = [fr.convert(mode) for fr in d.frames]
     gap = 4 if len(frames) > 1 else 0
     w = sum(f.width for f in frames) + gap * (len(frames) - 1)
     h = max(f.height for f in frames)
-    mode = "L" if lv.grayscale else "RGB"
     strip = Image.new(mode, (w, h), 255 if mode == "L" else (255, 255, 255))
     x = 0
     for f in frames:
-        strip.paste(f.convert(mode), (x, 0))
+        strip.paste(f, (x, 0))
         x += f.width + gap
+    # The whole rendering (a still, or the strip of an animation's frames) fits the level's
+    # size, so a level-0 preview is never more than 128 px on either side. Blur comes last,
+    # so its strength is relative to what is shown.
+    if strip.width > lv.max_side or strip.height > lv.max_side:
+        strip.thumbnail((lv.max_side, lv.max_side), Image.Resampling.LANCZOS)
+    if lv.blur_radius:
+        strip = strip.filter(ImageFilter.GaussianBlur(lv.blur_radius))
     buf = io.BytesIO()
     strip.save(buf, "PNG", optimize=False)
     return Preview(buf.getvalue(), level, is_blurred_view(level, blur=blur) and
-                   lv.blur_radius > 0, w, h, len(frames), d.media_type)
+                   lv.blur_radius > 0, strip.width, strip.height, len(frames), d.media_type)
 
 
 def live_entry(conn: sqlite3.Connection, incident_id: int) -> sqlite3.Row | None:
