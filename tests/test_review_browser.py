@@ -315,3 +315,58 @@ def test_hostile_lemmy_text_is_escaped_in_the_console(pg_new_db, browser, tmp_pa
         assert S.HOSTILE_NAME in page.inner_text("#uploader")
         page.goto(f"{c.base}/?state=all")
         assert dialogs == []
+
+
+def test_a_page_on_another_local_port_gets_nothing(quarantined, browser, tmp_path):  # noqa: F811
+    """Cookies are not isolated by port, and another port of 127.0.0.1 is "same-site": a
+    hostile local web page (here on another loopback port) loads a preview as an image, posts
+    a decision with a forged form and fetches the JSON queue, all in the reviewer's logged-in
+    browser. Each is refused; nothing is viewed or changed."""
+    import http.server
+    iid = quarantined.incident_of("00/a0/img0.jpeg")
+    with console(quarantined) as c:
+        evil = (f'<html><body><img id="i" src="{c.base}/incident/{iid}/preview?level=0">'
+                f'<form id="f" method="post" action="{c.base}/incident/{iid}/decide">'
+                '<input name="decision" value="false_positive"><input name="reason" '
+                'value="pwned"><input name="csrf" value="guess"></form>'
+                '<script src="/evil.js"></script></body></html>')
+        js = (f'fetch("{c.base}/?state=all", {{credentials: "include"}})'
+              '.then(r => r.text()).then(t => { document.title = "LEAK " + t.length; })'
+              '.catch(e => { document.title = "blocked"; });'
+              'setTimeout(() => document.getElementById("f").submit(), 1500);')
+
+        class Evil(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = (js if self.path == "/evil.js" else evil).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/javascript" if self.path == "/evil.js"
+                                 else "text/html")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            page = browser.new_page()
+            page.goto(c.login_url)                       # the reviewer is logged in
+            assert page.url == c.base + "/"
+            bad = browser.new_page()
+            statuses = []
+            bad.on("response", lambda r: statuses.append((r.url, r.status))
+                   if r.url.startswith(c.base) else None)
+            bad.goto(f"http://127.0.0.1:{srv.server_address[1]}/")
+            bad.wait_for_function("() => document.title !== ''", timeout=10_000)
+            assert bad.title() == "blocked"                  # the fetch got no answer to read
+            assert bad.eval_on_selector("#i", "i => i.naturalWidth") == 0
+            bad.wait_for_url(f"{c.base}/incident/{iid}/decide", timeout=10_000)  # forged post
+            assert "refused" in bad.inner_text("body")
+            # whatever reached the console was refused (the image and the fetch may also be
+            # blocked in the browser first: CORP same-origin, CORS)
+            assert statuses and all(s == 403 for _, s in statuses), statuses
+        finally:
+            srv.shutdown()
+    assert audit_rows("evidence.viewed") == [] and audit_rows("review.decided") == []
+    assert incident_row(iid)["state"] == "quarantined"
