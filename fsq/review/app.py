@@ -311,6 +311,7 @@ class Console:
         iid = int(request.path_params["iid"])
         row = self._incident(iid)
         tab = _one(f, "tab") or "needs_review"
+        tab = tab if tab in queue.TABS else "needs_review"
         nxt = queue.neighbours(self.conn, row, tab)["next"]
         res = decisions.decide(self.conn, iid, _one(f, "decision") or "", **self._kw(f))
         after = f"/incident/{nxt}?state={tab}" if nxt else f"/?state={tab}"
