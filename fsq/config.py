@@ -266,6 +266,23 @@ SETTINGS: tuple[Setting, ...] = (
     S("serve_max_connections", 1024, _int_min(16),
       "Open connections at most; over it the oldest that sent no request is closed.", "1024",
       group="serve"),
+    # review console
+    S("review_listen", "127.0.0.1:8750", _listen,
+      "Listen address of `fsq review` (anything but loopback needs --allow-remote).",
+      "127.0.0.1:8750", group="review"),
+    S("review_reviewer", None, _opt_str,
+      "Reviewer name recorded with every view and decision; empty = the OS user@host.", "",
+      group="review"),
+    S("review_idle_minutes", 15.0, _float_min(0.01),
+      "Minutes without a request after which a review session locks.", "15", group="review"),
+    S("review_blur", True, _bool,
+      "Blur the first preview step of every file (reviewer wellbeing; turning it off makes "
+      "every preview count as a view of the file).", "true", group="review"),
+    S("review_grayscale", True, _bool,
+      "Show the first two preview steps in grayscale.", "true", group="review"),
+    S("review_allowed_hosts", (), _paths,
+      "Extra Host names (comma-separated HOST or HOST:PORT) the console answers to, e.g. the "
+      "name of a TLS proxy in front of `fsq review --allow-remote`.", "", group="review"),
 )
 del S
 
@@ -437,6 +454,7 @@ _GROUP_TITLES = {
     "s3": "S3-compatible object storage (source or vault)", "sftp": "SSH/SFTP source",
     "serve": "Upload-time checking (fsq serve, pict-rs external validation)",
     "lemmy": "Lemmy API: moderation follow-up (fsq lemmy ...)",
+    "review": "Review console (fsq review, fsq export)",
 }
 
 

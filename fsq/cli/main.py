@@ -82,6 +82,7 @@ COMMAND_MODULES = [
     "fsq.cli.serve_cmd",
     "fsq.cli.report_cmd",
     "fsq.cli.lemmy_cmd",
+    "fsq.cli.review_cmd",
 ]
 
 

@@ -209,7 +209,30 @@ CREATE INDEX lemmy_actions_target ON lemmy_actions(target_kind, target_id);
 -- Incidents opened to preserve files a Lemmy action would destroy (origin 'lemmy-action')
 -- point at the incident that triggered the action.
 ALTER TABLE incidents ADD COLUMN linked_incident_id INTEGER REFERENCES incidents(id);
+    (3, "review console: review state, queue indexes, audit subject index", r"""
+-- Review console (fsq.review). review_state is the reviewer's latest decision:
+--   needs_review | escalated | to_report | reported | kept | false_positive | cleared
+-- (the lifecycle state stays in incidents.state). review_score caches the verdict's best
+-- margin over its threshold for sorting; review_uploader caches the Lemmy uploader learnt by
+-- linkage (NULL = not known yet).
+ALTER TABLE incidents ADD COLUMN review_state TEXT NOT NULL DEFAULT 'needs_review';
+ALTER TABLE incidents ADD COLUMN review_score REAL;
+ALTER TABLE incidents ADD COLUMN review_uploader TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_at TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_by TEXT;
+-- Incidents decided before the console existed start in the matching review state.
+UPDATE incidents SET review_state = CASE state WHEN 'released' THEN 'false_positive'
+    WHEN 'reported' THEN 'reported' WHEN 'cleared' THEN 'cleared' ELSE review_state END;
+CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
+CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
+CREATE INDEX incidents_created ON incidents(created_at);
+CREATE INDEX incidents_score ON incidents(review_score);
+CREATE INDEX incidents_review_counts ON incidents(review_state, state);
+-- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
+CREATE INDEX audit_subject ON audit(subject, seq);
 """),
 ]
 
+# Applied in version order whatever order the entries are listed in.
+MIGRATIONS.sort(key=lambda m: m[0])
 LATEST = MIGRATIONS[-1][0]

@@ -193,9 +193,27 @@ def _linkage_view(link: Linkage | None, settings: Any) -> dict[str, Any]:
     return d
 
 
+def _file_view(e: dict[str, Any]) -> bool:
+    """Whether an audit event means a person could have seen the file itself.
+
+    Review-console previews (``evidence.viewed``) count only when un-blurred and actually
+    rendered; the level-0 blurred preview does not. Any other decryption of the evidence
+    (``evidence.decrypted``, e.g. a release) counts, as before: fsq cannot tell whether a
+    person looked at the plaintext."""
+    if e["action"] == "evidence.viewed":
+        d = e["details"]
+        return d.get("blurred") is False and d.get("rendered") is not False
+    return e["action"] in VIEW_ACTIONS
+
+
 def _cybertip(row: sqlite3.Row, link: Linkage | None, storage: list[dict[str, Any]],
               events: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
-    viewed = [e for e in events if e["action"] in VIEW_ACTIONS]
+    viewed = [e for e in events if _file_view(e)]
+    previews = [{"seq": e["seq"], "ts": e["ts"], "actor": e["actor"],
+                 "reviewer": e["details"].get("reviewer"), "level": e["details"].get("level"),
+                 "blurred": e["details"].get("blurred") is not False,
+                 "rendered": e["details"].get("rendered") is not False}
+                for e in events if e["action"] == "evidence.viewed"]
     locations: list[str] = []
     upload_time: str | None = None
     upload_time_source = None
@@ -257,8 +275,11 @@ def _cybertip(row: sqlite3.Row, link: Linkage | None, storage: list[dict[str, An
             "fileViewedByEsp": bool(viewed),
             "fileViewedByEsp_events": [{"seq": e["seq"], "ts": e["ts"], "actor": e["actor"],
                                         "action": e["action"],
-                                        "purpose": e["details"].get("purpose")}
+                                        "purpose": e["details"].get("purpose"),
+                                        "reviewer": e["details"].get("reviewer"),
+                                        "level": e["details"].get("level")}
                                        for e in viewed],
+            "views": previews,
             "publiclyAvailable": public,
         },
         "personOrUserReported": person,
