@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import db_option, echo_json, json_option, load, open_db
-from fsq.holds import clear_incident, holds_for
-from fsq.incidents import resolve
-from fsq.retention import IncidentFacts, eligibility
+from fsq.custody.holds import clear_incident, holds_for
+from fsq.custody.incidents import resolve
+from fsq.custody.retention import IncidentFacts, eligibility
 from fsq.timeutil import utcnow
 
 

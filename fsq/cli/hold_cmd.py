@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import VaultCache, db_option, echo_json, json_option, load, open_db, table
+from fsq.custody.holds import add_hold, lift_hold, list_holds, parse_until
+from fsq.custody.incidents import resolve
+from fsq.custody.retention import HOLD_KINDS
 from fsq.errors import UsageError
-from fsq.holds import add_hold, lift_hold, list_holds, parse_until
-from fsq.incidents import resolve
-from fsq.retention import HOLD_KINDS
 
 
 @click.group("hold")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import db_option, echo_json, json_option, load, open_db, table
-from fsq.holds import mark_reported, parse_report_time
-from fsq.incidents import detail, resolve, summary
+from fsq.custody.holds import mark_reported, parse_report_time
+from fsq.custody.incidents import detail, resolve, summary
 
 
 @click.command("incidents")

@@ -8,8 +8,8 @@ from collections import Counter
 import click
 
 from fsq.cli.common import Exit, VaultCache, db_option, echo_json, json_option, load, open_db
+from fsq.custody.incidents import resolve
 from fsq.errors import UsageError
-from fsq.incidents import resolve
 from fsq.quarantine.purge import Purger, pictrs_client
 
 _VERB = {"purged": "purged", "would-purge": "would purge", "kept": "keep",

@@ -1,7 +1,7 @@
 """Purge: destroy the evidence of an incident for good (crypto-shredding), crash-safely.
 
-Who decides is ``fsq.retention.eligibility`` (cleared, past retention, no active hold), or a
-law-enforcement destruction request (18 U.S.C. 2258B) for one named incident. This module does
+Who decides is ``fsq.custody.retention.eligibility`` (cleared, past retention, no active
+hold), or a law-enforcement destruction request (18 U.S.C. 2258B) for one named incident. This module does
 the destroying, and leaves the minimal trace invariant 5 asks for.
 
 Steps for one incident, each committed before the next side effect:
@@ -45,14 +45,14 @@ import sqlite3
 from datetime import datetime
 from typing import Any, Callable
 
+from fsq.custody.holds import LIVE_ENTRY_STATES, holds_for
+from fsq.custody.retention import (EVIDENCE_STATES, Eligibility, HoldFacts, IncidentFacts,
+                                   active_holds, eligibility, fmt_time)
 from fsq.errors import ExternalError, FsqError, NotFound, UsageError
-from fsq.holds import LIVE_ENTRY_STATES, holds_for
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
 from fsq.quarantine.move import UNFINISHED, blob_name, key_name
 from fsq.quarantine.store import VaultLocked, VaultStore
-from fsq.retention import (EVIDENCE_STATES, Eligibility, HoldFacts, IncidentFacts,
-                           active_holds, eligibility, fmt_time)
 from fsq.testonly import crash_point
 from fsq.timeutil import iso, utcnow
 

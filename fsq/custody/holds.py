@@ -1,8 +1,9 @@
 """Legal-hold bookkeeping: holds, "marked reported" and clearance, each audited.
 
-These are the database side of the rules in ``fsq.retention`` (which stay pure). Every change
-is one transaction that also appends its audit event (``hold.added``, ``hold.lifted``,
-``incident.reported``, ``incident.cleared``), so the record and its audit row commit together.
+These are the database side of the rules in ``fsq.custody.retention`` (which stay pure).
+Every change is one transaction that also appends its audit event (``hold.added``,
+``hold.lifted``, ``incident.reported``, ``incident.cleared``), so the record and its audit row
+commit together.
 
 Validation mirrors what the law-shaped workflow needs: an unknown incident is ``NotFound``; a
 purged, released or mid-purge incident cannot be held, reported or cleared (``UsageError``); a
@@ -22,13 +23,13 @@ import sqlite3
 from datetime import datetime, time, timedelta, timezone
 from typing import Any, Callable
 
+from fsq.custody.retention import HOLD_KINDS, HoldFacts, hold_active
 from fsq.errors import FsqError, NotFound, UsageError
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
-from fsq.retention import HOLD_KINDS, HoldFacts, hold_active
 from fsq.timeutil import iso, parse_iso, utcnow
 
-log = logging.getLogger("fsq.holds")
+log = logging.getLogger("fsq.custody.holds")
 
 #: Clock skew tolerated for a report time given with --at.
 FUTURE_SKEW = timedelta(minutes=5)
