@@ -185,6 +185,15 @@ SETTINGS: tuple[Setting, ...] = (
       "a person's clearance (`fsq clear`) and no active hold (`fsq hold`), and holds keep "
       "evidence longer whatever this says. Check your own jurisdiction; not legal advice.",
       "365", group="retention"),
+    S("audit_witness", None, _opt_str,
+      "Where to append the audit chain head (seq, hash, time, signature) after every command "
+      "that wrote audit rows: a file path, s3://bucket/prefix (Object Lock bucket "
+      "recommended) or syslog://host:514. `fsq audit verify --witness` then detects a "
+      "truncated or rewritten log. Keep it where database writers cannot rewrite it.", "",
+      group="retention"),
+    S("audit_witness_interval", 300.0, _float_min(1.0),
+      "Seconds between witnessed heads in `fsq serve` (only when the log grew).", "300",
+      group="retention"),
     # reports and linkage
     S("reports_dir", "./reports", _str, "Where `fsq report` writes HTML reports.",
       "./reports", group="reports"),

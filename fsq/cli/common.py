@@ -35,10 +35,35 @@ class Exit(Exception):
         self.code = code
 
 
+_LAST: dict[str, Any] = {}
+
+
 def load(**overrides: Any) -> Settings:
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     setup_logging(settings.log_level)
+    _LAST["settings"] = settings
     return settings
+
+
+def publish_witness() -> None:
+    """After a command: if it appended audit rows and FSQ_AUDIT_WITNESS is set, append the new
+    chain head there. A witness outage is a warning: the command's own work stands."""
+    from fsq.errors import FsqError
+    if not audit._context.pop("appended", None):
+        return
+    settings = _LAST.get("settings")
+    if settings is None or not settings.audit_witness:
+        return
+    from fsq.custody import witness
+    from fsq.runtime import public_key_path
+    try:
+        conn = connect(settings.db, create=False)
+        try:
+            witness.publish(conn, settings, public_key_path(settings))
+        finally:
+            conn.close()
+    except FsqError as exc:
+        warn(f"audit witness not updated: {exc.message}")
 
 
 def setup_logging(level: str) -> None:
@@ -189,3 +214,34 @@ def vault_options(f):
     f = click.option("--vault-public-key", type=click.Path(dir_okay=False),
                      help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")(f)
     return click.option("--vault", help="Vault URL [FSQ_VAULT, file://./quarantine].")(f)
+
+
+def custodian_paths(settings: Settings):
+    """(custodian.pub, custodian.key), beside the vault key pair."""
+    from fsq.custody.custodian import paths
+    from fsq.runtime import private_key_path, public_key_path
+    return paths(public_key_path(settings), private_key_path(settings))
+
+
+def custodian_verifier(settings: Settings):
+    """The custodian public key (no secret needed), for dry runs and checks."""
+    from fsq.custody.custodian import load_verifier
+    return load_verifier(custodian_paths(settings)[0])
+
+
+def unlock_custodian(settings: Settings, passphrase_file: str | None, *,
+                     vault_key: bool = False):
+    """Ask for the passphrase once; return the unlocked custodian Signer, plus the vault
+    private key when ``vault_key`` (purge checks sealed metadata with it). The signer is also
+    remembered for this process so the audit witness can sign heads with it."""
+    from fsq.custody import witness
+    from fsq.custody.custodian import unlock
+    from fsq.quarantine.keys import load_private_key
+    from fsq.runtime import private_key_path
+    from fsq.secrets import get_passphrase
+    pw = get_passphrase(env=settings.vault_passphrase, file=passphrase_file, prompt=True)
+    signer = unlock(custodian_paths(settings)[1], pw)
+    witness.remember_signer(signer)
+    if not vault_key:
+        return signer
+    return signer, load_private_key(private_key_path(settings), pw)

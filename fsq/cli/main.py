@@ -10,8 +10,9 @@ import sys
 import click
 
 from fsq import __version__
-from fsq.cli.common import Exit, set_command
+from fsq.cli.common import Exit, publish_witness, set_command
 from fsq.errors import FsqError
+from fsq.ledger.audit import _context as audit_context
 
 EPILOG = """\b
 Quick start:
@@ -24,7 +25,14 @@ Settings: flag > FSQ_* env > .env > defaults (see `fsq config show`)."""
 
 class FsqGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        try:
+            return self._invoke(ctx)
+        finally:
+            publish_witness()
+
+    def _invoke(self, ctx: click.Context):
         debug = "--debug" in sys.argv[1:]
+        audit_context.pop("appended", None)
         try:
             return super().invoke(ctx)
         except Exit as e:
@@ -81,6 +89,7 @@ COMMAND_MODULES = [
     "fsq.cli.purge_cmd",
     "fsq.cli.serve_cmd",
     "fsq.cli.report_cmd",
+    "fsq.cli.custody_cmd",
 ]
 
 

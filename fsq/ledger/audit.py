@@ -94,6 +94,7 @@ def append(conn: sqlite3.Connection, action: str, subject: str | int = "",
             (seq, ts, who, __version__, cmd, action, str(subject), det, prev, h))
         if own:
             conn.execute("COMMIT")
+        _context["appended"] = "1"  # the CLI publishes the new head to the witness
     except BaseException:
         if own:
             conn.execute("ROLLBACK")

@@ -7,8 +7,12 @@ the destroying, and leaves the minimal trace invariant 5 asks for.
 Steps for one incident, each committed before the next side effect:
 
 1. Preflight (no change yet): no unfinished quarantine move; the clearance and the holds in the
-   database agree with the audit log (an edited database must not be able to authorise
-   destruction); no vault object is under object-lock retention (``retention_blocks_delete``
+   database agree with the audit log, and every clearance, hold lift and destruction request
+   carries a valid custodian signature whose record matches the database and the retention
+   start recomputed from the audit chain (``fsq.custody.decisions.verify_for_purge``: an
+   edited database must not be able to authorise destruction); each vault entry's sealed
+   metadata names this incident, entry, source, key and sha256 (``binding_problem``: an entry
+   moved to another incident in the database is not destroyed with it); no vault object is under object-lock retention (``retention_blocks_delete``
    when the store offers it). A failed preflight leaves the incident as it was, with an audit
    event saying why (``purge.blocked`` / ``purge.refused``).
 2. One transaction: the rule is evaluated again (a hold may have been added meanwhile), the
@@ -145,11 +149,17 @@ class Purger:
     returns the current UTC time (tests inject one)."""
 
     def __init__(self, conn: sqlite3.Connection, vault_for: Callable[[str], VaultStore], *,
-                 pictrs: Any = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 pictrs: Any = None, clock: Callable[[], datetime] = utcnow,
+                 custodian: Any = None, private_key: Any = None) -> None:
         self.conn = conn
         self.vault_for = vault_for
         self.pictrs = pictrs
         self.clock = clock
+        # custodian: a Verifier (dry runs) or an unlocked Signer (purges; destruction requests
+        # are signed). private_key: the vault private key, to check each entry's sealed
+        # metadata before destroying it. Without them a purge refuses: fail closed.
+        self.custodian = custodian
+        self.private_key = private_key
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -281,7 +291,7 @@ class Purger:
             return self._block(row, "blocked", "purge.blocked",
                                [f"{unfinished} unfinished quarantine move(s); run `fsq recover`"],
                                mode)
-        problem = audit_crosscheck(self.conn, row, mode)
+        problem = audit_crosscheck(self.conn, row, mode) or self._custody_problem(row, mode)
         if problem:
             return self._block(row, "refused", "purge.refused", [problem], mode)
         # Object lock: ask before starting, so a locked incident is left exactly as it was.
@@ -295,11 +305,16 @@ class Purger:
             return self._block(row, "blocked", "purge.blocked",
                                [f"object lock until {fmt_time(until)}"], mode,
                                locked_until=iso(until))
+        signed: dict[str, Any] = {}
         if mode == MODE_CLEARANCE:
             purge_reason = (f"cleared by {row['cleared_by']}: {row['clear_reason']}"
                             + (f" ({row['clear_reference']})" if row["clear_reference"] else ""))
         else:
             purge_reason = f"law-enforcement destruction request {reference}"
+            from fsq.custody.decisions import sign_destruction
+            s = sign_destruction(self.conn, row, reference or "", self.custodian,
+                                 now=self.clock())
+            signed = {"signature": s["signature"], "fingerprint": s["fingerprint"]}
         with transaction(self.conn):
             cur = self.conn.execute("SELECT * FROM incidents WHERE id=?", (iid,)).fetchone()
             if mode == MODE_CLEARANCE:
@@ -314,10 +329,30 @@ class Purger:
                               (purge_reason, iid))
             started = {"mode": mode, "destruction_request": reference, "reason": purge_reason,
                        "entries": entry_ids, "previous_state": cur["state"],
-                       "sha256": cur["sha256"], "retention_days": retention_days}
+                       "sha256": cur["sha256"], "retention_days": retention_days, **signed}
             audit.append(self.conn, "purge.started", f"incident:{iid}", started)
         crash_point("purge-after-started")
         return self._shred_and_finish(self._row(iid), started, resumed=False)
+
+    def _custody_problem(self, row: sqlite3.Row, mode: str) -> str | None:
+        """Signatures, retention start and vault bindings (see the module docstring)."""
+        from fsq.custody.custodian import Signer, Verifier
+        from fsq.custody.decisions import verify_for_purge
+        if not isinstance(self.custodian, Verifier):
+            return "no custodian key to verify the decision with; purge needs the passphrase"
+        if mode == MODE_DESTRUCTION and not isinstance(self.custodian, Signer):
+            return "a destruction request must be signed: purge needs the passphrase"
+        problem = verify_for_purge(self.conn, row, clearance=mode == MODE_CLEARANCE,
+                                   verifier=self.custodian)
+        if problem:
+            return problem
+        if self.private_key is None:
+            return "no vault private key to check the sealed metadata with"
+        for e in _live_entries(self.conn, int(row["id"])):
+            problem = binding_problem(self.vault_for(e["vault"]), e, self.private_key)
+            if problem:
+                return problem
+        return None
 
     def _locked_until(self, entries: list[sqlite3.Row], now: datetime) -> list[datetime]:
         out = []
@@ -473,6 +508,24 @@ class Purger:
                      f"incident:{iid}",
                      {"aliases": out["purged"], "error": out["error"]})
         return out
+
+
+def binding_problem(vault: VaultStore, entry: sqlite3.Row, private_key: Any) -> str | None:
+    """Does the entry's sealed metadata name the incident, entry, source, key and sha256 the
+    database row says? (Decrypts the metadata only, never the content.)"""
+    from fsq.quarantine.release import check_binding
+    from fsq.quarantine.seal import open_metadata
+    from fsq.quarantine.store import VaultMissing
+    eid = entry["id"]
+    try:
+        meta = open_metadata(eid, vault.get(blob_name(eid)), vault.get(key_name(eid)),
+                             private_key)
+        check_binding(entry, meta)
+    except VaultMissing:
+        return f"vault entry {eid} is missing from {vault.url}"
+    except FsqError as exc:
+        return exc.message
+    return None
 
 
 def pictrs_client(settings: Any) -> Any:
