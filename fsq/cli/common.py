@@ -48,15 +48,15 @@ def load(**overrides: Any) -> Settings:
 def publish_witness() -> None:
     """After a command: if it appended audit rows and FSQ_AUDIT_WITNESS is set, append the new
     chain head there. A witness outage is a warning: the command's own work stands."""
-    from fsq.errors import FsqError
-    if not audit._context.pop("appended", None):
-        return
-    settings = _LAST.get("settings")
-    if settings is None or not settings.audit_witness:
-        return
     from fsq.custody import witness
+    from fsq.errors import FsqError
     from fsq.runtime import public_key_path
+    settings = _LAST.pop("settings", None)
     try:
+        if not audit._context.pop("appended", None):
+            return
+        if settings is None or not settings.audit_witness:
+            return
         conn = connect(settings.db, create=False)
         try:
             witness.publish(conn, settings, public_key_path(settings))
@@ -64,6 +64,8 @@ def publish_witness() -> None:
             conn.close()
     except FsqError as exc:
         warn(f"audit witness not updated: {exc.message}")
+    finally:
+        witness.remember_signer(None)  # an unlocked key never outlives its command
 
 
 def setup_logging(level: str) -> None:
