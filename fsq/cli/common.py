@@ -8,7 +8,8 @@ Conventions every command follows (ARCHITECTURE.md "Interface conventions"):
   the exit code. Commands never call sys.exit themselves except through ``Exit``.
 * ``--json`` prints exactly one JSON document on stdout; human text goes to stdout, warnings and
   progress to stderr.
-* Secrets never reach output: print ``settings.masked()`` values only.
+* Secrets never reach output: print ``settings.masked()`` values only; ``echo_json``,
+  ``warn``, log lines and error lines all pass through ``fsq.secrets.mask_secrets``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import click
 from fsq.config import Settings, load_settings
 from fsq.ledger import audit
 from fsq.ledger.db import connect
+from fsq.secrets import MaskingFormatter, mask_secrets, redact
 
 
 class Exit(Exception):
@@ -72,8 +74,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger("fsq")
     if not root.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                         "%Y-%m-%dT%H:%M:%SZ"))
+        h.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                        "%Y-%m-%dT%H:%M:%SZ"))
         logging.Formatter.converter = time.gmtime
         root.addHandler(h)
         root.propagate = False
@@ -85,11 +87,12 @@ def open_db(settings: Settings, *, create: bool = True) -> sqlite3.Connection:
 
 
 def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+    click.echo(mask_secrets(json.dumps(redact(obj), indent=2, sort_keys=True, default=str,
+                                       ensure_ascii=False)))
 
 
 def warn(msg: str) -> None:
-    click.echo(f"fsq: warning: {msg}", err=True)
+    click.echo(mask_secrets(f"fsq: warning: {msg}"), err=True)
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
