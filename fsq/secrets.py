@@ -53,7 +53,7 @@ FILE_OPTION = "--passphrase-file"
 MASK = "***"
 MIN_LITERAL = 6
 
-# --- masking ---------------------------------------------------------------------------------------
+# --- masking ------------------------------------------------------------------------------------
 
 _KNOWN: set[str] = set()
 _FORMS: list[str] = []          # every registered value and its escaped forms, longest first

@@ -82,7 +82,7 @@ def refused(work: Path, incident: int, words: str) -> None:
     assert not [r for r in res.values() if r["status"] == "purged"]
 
 
-# --- the three early-destruction attacks -----------------------------------------------------------
+# --- the three early-destruction attacks -----------------------------------------------------
 
 def test_edited_quarantined_at_cannot_shorten_retention(work):
     ok(["clear", "1", "--by", "A. Admin", "--reason", "reported, year over"])
@@ -196,7 +196,7 @@ def test_purge_needs_the_passphrase(work, monkeypatch):
     r = ok(["purge", "--after-clearance"], 2)
     assert "no vault passphrase" in r.stderr and vault_files(work) == before
     assert "no vault passphrase" in ok(["clear", "2", "--by", "A", "--reason", "x"], 2).stderr
-    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "wrong passphrase")
+    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "Xq9-not-it")
     assert "wrong passphrase" in ok(["purge", "--after-clearance"], 2).stderr
     assert js(["purge", "--after-clearance", "--dry-run"])["results"][0]["status"] == \
         "would-purge"                                               # dry run needs none
@@ -266,3 +266,34 @@ def test_moved_vault_entry_is_an_integrity_failure(work, tmp_path):
     run = run_proc(["purge", "--incident", "2", "--destruction-request", "DR-2", "--yes",
                     "--json"], cwd=str(work), timeout=120)
     assert run.returncode == 4 and e1[0] in run.stdout and vault_files(work) == before
+
+
+def test_change_passphrase_re_encrypts_the_custodian_key(work, tmp_path, monkeypatch):
+    from fsq.custody.custodian import unlock
+    from fsq.secrets import Secret
+    (tmp_path / "new").write_text("a brand new passphrase\n")
+    monkeypatch.delenv("FSQ_VAULT_PASSPHRASE")
+    r = ok(["key", "change-passphrase", "--passphrase-file", str(tmp_path / "pass"),
+            "--new-passphrase-file", str(tmp_path / "new")])
+    assert "custodian.key" in r.stdout
+    assert unlock(work / "keys" / "custodian.key", Secret("a brand new passphrase")).fingerprint
+    with pytest.raises(Exception, match="wrong passphrase"):
+        unlock(work / "keys" / "custodian.key", Secret(PASS))
+    raw = (work / "keys" / "custodian.key").read_text()
+    assert json.loads(raw)["format"] == "fsq-custodian-private-key"
+    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "a brand new passphrase")
+    ok(["clear", "1", "--by", "A", "--reason", "x"])
+
+
+def test_altered_custodian_files_are_integrity_errors(work):
+    pub = work / "keys" / "custodian.pub"
+    text = pub.read_text().splitlines()
+    magic, ver, key, fp = text[-1].split()
+    pub.write_text("\n".join(text[:-1] + [f"{magic} {ver} {key} 0000-0000-0000-0000"]) + "\n")
+    assert ok(["custody", "re-sign", "--dry-run"], 4).stderr.startswith("fsq: error: custodian")
+    priv = work / "keys" / "custodian.key"
+    doc = json.loads(priv.read_text())
+    doc["ciphertext"] = doc["ciphertext"][:-4] + ("AAAA" if doc["ciphertext"][-4:] != "AAAA"
+                                                   else "BBBB")
+    priv.write_text(json.dumps(doc))
+    assert "altered" in ok(["clear", "1", "--by", "A", "--reason", "x"], 4).stderr

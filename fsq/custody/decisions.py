@@ -45,7 +45,7 @@ from datetime import datetime
 from typing import Any
 
 from fsq.custody.custodian import Signer, Verifier
-from fsq.errors import IntegrityError, UsageError
+from fsq.errors import IntegrityError
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
 from fsq.timeutil import iso, parse_iso, utcnow
@@ -270,6 +270,45 @@ def verify_for_purge(conn: sqlite3.Connection, row: sqlite3.Row, *, clearance: b
     return None
 
 
+# --- the audit log as the record ------------------------------------------------------------
+
+def audit_crosscheck(conn: sqlite3.Connection, row: sqlite3.Row, mode: str) -> str | None:
+    """Does the database's clearance and hold record match the audit log? Returns a problem or
+    None. The audit chain is tamper-evident; the incidents/holds tables are not, so a purge
+    must not rest on a clearance or a missing hold that the log does not show."""
+    subject = f"incident:{row['id']}"
+    if mode == "clearance":
+        cleared = [e for e in audit.events(conn, subject=subject, action_prefix="incident.cleared")
+                   if e["action"] == "incident.cleared"]
+        if not cleared:
+            return "the clearance is not in the audit log (was the database edited?)"
+        d = json.loads(cleared[-1]["details"])
+        if d.get("by") != row["cleared_by"] or d.get("reason") != row["clear_reason"]:
+            return "the clearance differs from its audit event (was the database edited?)"
+    added: dict[int, dict[str, Any]] = {}
+    lifted: set[int] = set()
+    for e in audit.events(conn, subject=subject, action_prefix="hold."):
+        d = json.loads(e["details"])
+        if e["action"] == "hold.added":
+            added[int(d["hold"])] = d
+        elif e["action"] == "hold.lifted":
+            lifted.add(int(d["hold"]))
+    rows = {int(h["id"]): h for h in conn.execute("SELECT * FROM holds WHERE incident_id=?",
+                                                  (row["id"],))}
+    for hid, d in added.items():
+        h = rows.get(hid)
+        if h is None:
+            return f"hold {hid} is in the audit log but not in the database"
+        if h["until"] != d.get("until") or h["kind"] != d.get("kind"):
+            return f"hold {hid} differs from its audit event"
+        if h["lifted_at"] is not None and hid not in lifted:
+            return f"hold {hid} is lifted in the database but the audit log has no lift"
+    for hid in rows:
+        if hid not in added:
+            return f"hold {hid} has no audit event"
+    return None
+
+
 # --- existing databases -------------------------------------------------------------------------
 
 def unsigned_open(conn: sqlite3.Connection, verifier: Verifier) -> list[dict[str, Any]]:
@@ -297,7 +336,6 @@ def resign_open(conn: sqlite3.Connection, signer: Signer, *, dry_run: bool = Fal
 
     Only decisions that the audit log shows (and that match it) are signed: this command is a
     person vouching for old decisions, so each must be listed to them first (the CLI does)."""
-    from fsq.quarantine.purge import audit_crosscheck
     todo = unsigned_open(conn, signer)
     done = []
     for item in todo:
@@ -319,10 +357,3 @@ def resign_open(conn: sqlite3.Connection, signer: Signer, *, dry_run: bool = Fal
                           "fingerprint": signed["fingerprint"]})
         done.append(item)
     return done
-
-
-def require_signer(signer: Any) -> Signer:
-    if not isinstance(signer, Signer):
-        raise UsageError("this decision needs the unlocked custodian key (the vault "
-                         "passphrase)")
-    return signer

@@ -33,7 +33,6 @@ log was truncated) with the same hash (else it was rewritten since).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -111,7 +110,7 @@ def make_head(conn: sqlite3.Connection, signer: Any, kind: str) -> dict[str, Any
     return head
 
 
-# --- witness media ---------------------------------------------------------------------------------
+# --- witness media ------------------------------------------------------------------------------
 
 @dataclass
 class Witness:

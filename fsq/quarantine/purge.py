@@ -1,8 +1,8 @@
 """Purge: destroy the evidence of an incident for good (crypto-shredding), crash-safely.
 
 Who decides is ``fsq.custody.retention.eligibility`` (cleared, past retention, no active
-hold), or a law-enforcement destruction request (18 U.S.C. 2258B) for one named incident. This module does
-the destroying, and leaves the minimal trace invariant 5 asks for.
+hold), or a law-enforcement destruction request (18 U.S.C. 2258B) for one named incident. This
+module does the destroying, and leaves the minimal trace invariant 5 asks for.
 
 Steps for one incident, each committed before the next side effect:
 
@@ -12,9 +12,10 @@ Steps for one incident, each committed before the next side effect:
    start recomputed from the audit chain (``fsq.custody.decisions.verify_for_purge``: an
    edited database must not be able to authorise destruction); each vault entry's sealed
    metadata names this incident, entry, source, key and sha256 (``binding_problem``: an entry
-   moved to another incident in the database is not destroyed with it); no vault object is under object-lock retention (``retention_blocks_delete``
-   when the store offers it). A failed preflight leaves the incident as it was, with an audit
-   event saying why (``purge.blocked`` / ``purge.refused``).
+   moved to another incident in the database is not destroyed with it); no vault object is
+   under object-lock retention (``retention_blocks_delete`` when the store offers it). A
+   failed preflight leaves the incident as it was, with an audit event saying why
+   (``purge.blocked`` / ``purge.refused``).
 2. One transaction: the rule is evaluated again (a hold may have been added meanwhile), the
    incident becomes ``purging`` (an intermediate state) and ``purge.started`` is audited with
    the entries to destroy, the mode and the reference. This is the journal: nothing is deleted
@@ -49,6 +50,7 @@ import sqlite3
 from datetime import datetime
 from typing import Any, Callable
 
+from fsq.custody.decisions import audit_crosscheck  # noqa: F401 (its former home)
 from fsq.custody.holds import LIVE_ENTRY_STATES, holds_for
 from fsq.custody.retention import (EVIDENCE_STATES, Eligibility, HoldFacts, IncidentFacts,
                                    active_holds, eligibility, fmt_time)
@@ -102,43 +104,6 @@ def _live_entries(conn: sqlite3.Connection, incident_id: int) -> list[sqlite3.Ro
         f"SELECT * FROM vault_entries WHERE incident_id=? AND state IN "
         f"({','.join('?' * len(LIVE_ENTRY_STATES))}) ORDER BY created_at",
         (incident_id, *LIVE_ENTRY_STATES)).fetchall()
-
-
-def audit_crosscheck(conn: sqlite3.Connection, row: sqlite3.Row, mode: str) -> str | None:
-    """Does the database's clearance and hold record match the audit log? Returns a problem or
-    None. The audit chain is tamper-evident; the incidents/holds tables are not, so a purge
-    must not rest on a clearance or a missing hold that the log does not show."""
-    subject = f"incident:{row['id']}"
-    if mode == MODE_CLEARANCE:
-        cleared = [e for e in audit.events(conn, subject=subject, action_prefix="incident.cleared")
-                   if e["action"] == "incident.cleared"]
-        if not cleared:
-            return "the clearance is not in the audit log (was the database edited?)"
-        d = json.loads(cleared[-1]["details"])
-        if d.get("by") != row["cleared_by"] or d.get("reason") != row["clear_reason"]:
-            return "the clearance differs from its audit event (was the database edited?)"
-    added: dict[int, dict[str, Any]] = {}
-    lifted: set[int] = set()
-    for e in audit.events(conn, subject=subject, action_prefix="hold."):
-        d = json.loads(e["details"])
-        if e["action"] == "hold.added":
-            added[int(d["hold"])] = d
-        elif e["action"] == "hold.lifted":
-            lifted.add(int(d["hold"]))
-    rows = {int(h["id"]): h for h in conn.execute("SELECT * FROM holds WHERE incident_id=?",
-                                                  (row["id"],))}
-    for hid, d in added.items():
-        h = rows.get(hid)
-        if h is None:
-            return f"hold {hid} is in the audit log but not in the database"
-        if h["until"] != d.get("until") or h["kind"] != d.get("kind"):
-            return f"hold {hid} differs from its audit event"
-        if h["lifted_at"] is not None and hid not in lifted:
-            return f"hold {hid} is lifted in the database but the audit log has no lift"
-    for hid in rows:
-        if hid not in added:
-            return f"hold {hid} has no audit event"
-    return None
 
 
 class Purger:
@@ -338,6 +303,7 @@ class Purger:
         """Signatures, retention start and vault bindings (see the module docstring)."""
         from fsq.custody.custodian import Signer, Verifier
         from fsq.custody.decisions import verify_for_purge
+        from fsq.quarantine.release import binding_problem
         if not isinstance(self.custodian, Verifier):
             return "no custodian key to verify the decision with; purge needs the passphrase"
         if mode == MODE_DESTRUCTION and not isinstance(self.custodian, Signer):
@@ -508,24 +474,6 @@ class Purger:
                      f"incident:{iid}",
                      {"aliases": out["purged"], "error": out["error"]})
         return out
-
-
-def binding_problem(vault: VaultStore, entry: sqlite3.Row, private_key: Any) -> str | None:
-    """Does the entry's sealed metadata name the incident, entry, source, key and sha256 the
-    database row says? (Decrypts the metadata only, never the content.)"""
-    from fsq.quarantine.release import check_binding
-    from fsq.quarantine.seal import open_metadata
-    from fsq.quarantine.store import VaultMissing
-    eid = entry["id"]
-    try:
-        meta = open_metadata(eid, vault.get(blob_name(eid)), vault.get(key_name(eid)),
-                             private_key)
-        check_binding(entry, meta)
-    except VaultMissing:
-        return f"vault entry {eid} is missing from {vault.url}"
-    except FsqError as exc:
-        return exc.message
-    return None
 
 
 def pictrs_client(settings: Any) -> Any:

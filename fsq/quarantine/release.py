@@ -20,7 +20,7 @@ import logging
 import sqlite3
 from typing import Any, Callable
 
-from fsq.errors import IntegrityError, UsageError
+from fsq.errors import FsqError, IntegrityError, UsageError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.move import UPLOAD_SOURCE, blob_name, key_name
@@ -251,3 +251,19 @@ def verify_vault(conn: sqlite3.Connection, vault: VaultStore, *, deep: bool = Fa
     audit.append(conn, "vault.verified", "vault",
                  {"entries": len(rows), "bad": len(bad), "deep": deep, "stray": len(stray)})
     return res
+
+
+def binding_problem(vault: VaultStore, entry: sqlite3.Row, private_key: Any) -> str | None:
+    """Does the entry's sealed metadata name the incident, entry, source, key and sha256 the
+    database row says? (Decrypts the metadata only, never the content.)"""
+    from fsq.quarantine.seal import open_metadata
+    eid = entry["id"]
+    try:
+        meta = open_metadata(eid, vault.get(blob_name(eid)), vault.get(key_name(eid)),
+                             private_key)
+        check_binding(entry, meta)
+    except VaultMissing:
+        return f"vault entry {eid} is missing from {vault.url}"
+    except FsqError as exc:
+        return exc.message
+    return None
