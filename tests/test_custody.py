@@ -124,6 +124,9 @@ def test_forged_clearance_with_chained_audit_row_is_refused(work, monkeypatch):
         c.execute("COMMIT")
     ok(["audit", "verify"])
     refused(work, 2, "is not signed by the custodian")
+    dry = json.loads(proc(["purge", "--after-clearance", "--dry-run", "--json"], 4,
+                          work).stdout)["results"]
+    assert {r["incident"]: r["status"] for r in dry}[2] == "refused"   # the rehearsal says so
     # A real signature copied from another incident's clearance does not fit either.
     ok(["hold", "add", "3", "--kind", "voluntary", "--reason", "keep it out of this purge"])
     ok(["clear", "3", "--by", "x", "--reason", "y"])

@@ -7,8 +7,8 @@ from collections import Counter
 
 import click
 
-from fsq.cli.common import (Exit, VaultCache, db_option, echo_json,
-                            json_option, load, open_db, passphrase_file_option,
+from fsq.cli.common import (Exit, VaultCache, custodian_paths, custodian_verifier, db_option,
+                            echo_json, json_option, load, open_db, passphrase_file_option,
                             unlock_custodian)
 from fsq.custody.incidents import resolve
 from fsq.errors import UsageError
@@ -76,7 +76,10 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, pass
     pictrs = None if dry_run else pictrs_client(settings)
     custodian: object = None
     vault_key: object = None
-    if not dry_run:
+    if dry_run:  # no passphrase: the public custodian key checks signatures where it exists
+        if custodian_paths(settings)[0].exists():
+            custodian = custodian_verifier(settings)
+    else:
         custodian, vault_key = unlock_custodian(settings, passphrase_file, vault_key=True)
     cache = VaultCache(settings)
     purger = Purger(conn, cache.vault, pictrs=pictrs, custodian=custodian,

@@ -128,8 +128,13 @@ class Purger:
 
     # -- planning ---------------------------------------------------------------------------
 
-    def plan(self, retention_days: int) -> list[dict[str, Any]]:
-        """Every incident that still has (or may get) evidence, with the rule's answer."""
+    def plan(self, retention_days: int, *, check: bool = False) -> list[dict[str, Any]]:
+        """Every incident that still has (or may get) evidence, with the rule's answer. With
+        ``check`` (dry runs) and a custodian public key, an eligible incident whose signed
+        decisions do not verify is shown as ``refused`` (the sealed-metadata check needs the
+        private key and runs only in a real purge)."""
+        from fsq.custody.custodian import Verifier
+        from fsq.custody.decisions import verify_for_purge
         now = self.clock()
         out = []
         for row in self.conn.execute("SELECT * FROM incidents WHERE state NOT IN "
@@ -137,9 +142,16 @@ class Purger:
             el = evaluate(self.conn, row, retention_days, now)
             status = ("would-purge" if el.eligible
                       else "would-finish" if row["state"] == "purging" else "kept")
+            reasons = el.reasons
+            if check and el.eligible and isinstance(self.custodian, Verifier):
+                problem = (audit_crosscheck(self.conn, row, MODE_CLEARANCE)
+                           or verify_for_purge(self.conn, row, clearance=True,
+                                               verifier=self.custodian))
+                if problem:
+                    status, reasons = "refused", [problem]
             out.append(self._result(row, status,
-                                    el.reasons, el, entries=[e["id"] for e in
-                                                             _live_entries(self.conn, row["id"])]))
+                                    reasons, el, entries=[e["id"] for e in
+                                                          _live_entries(self.conn, row["id"])]))
         return out
 
     def _result(self, row: sqlite3.Row, status: str, reasons: list[str],
@@ -170,7 +182,7 @@ class Purger:
                         ) -> list[dict[str, Any]]:
         """Purge exactly the incidents the rule allows; list the rest with their reasons."""
         if dry_run:
-            return self.plan(retention_days)
+            return self.plan(retention_days, check=True)
         audit.require_intact(self.conn)
         results = self.resume()
         done = {r["incident"] for r in results}
