@@ -187,7 +187,7 @@ def test_legitimate_flow_signs_and_purges(work, monkeypatch):
     assert started["signature"]
     with db(work) as conn:
         kinds = {r[0] for r in conn.execute("SELECT kind FROM custody_signatures")}
-    assert kinds == {"clearance", "destruction"}
+    assert kinds == {"clearance", "destruction", "purge-start"}
     assert js(["purge", "--after-clearance"])["purged"] == [1]
 
 
@@ -300,3 +300,22 @@ def test_altered_custodian_files_are_integrity_errors(work):
                                                    else "BBBB")
     priv.write_text(json.dumps(doc))
     assert "altered" in ok(["clear", "1", "--by", "A", "--reason", "x"], 4).stderr
+
+
+def test_forged_purge_journal_is_not_resumed(work, tmp_path):
+    """state='purging' plus a chained purge.started naming the entries: resuming a purge
+    shreds without the other checks, so its journal must be signed."""
+    with db(work) as c:
+        entries = [r[0] for r in c.execute("SELECT id FROM vault_entries WHERE incident_id=1")]
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("UPDATE incidents SET state='purging', purge_reason='x' WHERE id=1")
+        audit.append(c, "purge.started", "incident:1",
+                     {"mode": "clearance", "entries": entries, "reason": "x"})
+        c.execute("COMMIT")
+    ok(["audit", "verify"])
+    refused(work, 1, "the interrupted purge of incident 1 is not signed by the custodian")
+    # A real destruction request for incident 2 still goes ahead; incident 1 stays whole.
+    p = proc(["purge", "--incident", "2", "--destruction-request", "DR-3", "--yes"], 4, work)
+    assert "interrupted purge of incident 1" in p.stdout
+    left = set(vault_files(work))
+    assert {f"{e}.{k}" for e in entries for k in ("key", "blob")} <= left and len(left) == 4

@@ -55,6 +55,7 @@ RECORD_VERSION = 1
 KIND_CLEARANCE = "clearance"
 KIND_LIFT = "hold-lift"
 KIND_DESTRUCTION = "destruction"
+KIND_PURGE_START = "purge-start"   # the purge journal: resuming a purge shreds what it names
 #: Quarantine events written before this version carry no exact time; their row time is within
 #: a fraction of a second of ``quarantined_at`` (same code path, same transaction).
 _OLD_EVENT_SKEW = 5.0
@@ -165,6 +166,37 @@ def sign_destruction(conn: sqlite3.Connection, row: sqlite3.Row, reference: str,
               "at": iso(now or utcnow())}
     with transaction(conn):
         return _store(conn, signer, record)
+
+
+def sign_purge_start(conn: sqlite3.Connection, row: sqlite3.Row, entries: list[str],
+                     mode: str, signer: Signer) -> dict[str, Any]:
+    """Sign the purge journal (inside the caller's transaction). An interrupted purge is
+    finished later from its ``purge.started`` event without the other checks, so that event
+    must not be forgeable: ``verify_purge_start`` requires this signature before resuming."""
+    return _store(conn, signer, {
+        "kind": KIND_PURGE_START, "incident": int(row["id"]), "sha256": row["sha256"],
+        "entries": sorted(entries), "mode": mode, "decision": "purge started",
+        "by": audit.actor(), "reason": mode, "reference": None, "at": iso()})
+
+
+def verify_purge_start(conn: sqlite3.Connection, row: sqlite3.Row, entries: list[str] | None,
+                       verifier: Verifier | None) -> str | None:
+    """Before resuming an interrupted purge: is its journal signed, for these entries?"""
+    iid = int(row["id"])
+    if verifier is None:
+        return "no custodian key to verify the interrupted purge with; purge needs the passphrase"
+    problem = check_key(conn, verifier)
+    if problem:
+        return problem
+    rec, why = _signed(conn, verifier, KIND_PURGE_START, iid)
+    if rec is None:
+        hint = f"; {RESIGN_HINT}" if why == "not signed by the custodian" else ""
+        return f"the interrupted purge of incident {iid} is {why}{hint}"
+    if rec.get("sha256") != row["sha256"] or entries is None \
+            or not set(entries) <= set(rec.get("entries") or []):
+        return (f"the interrupted purge of incident {iid} names other entries than its signed "
+                "journal; the database was edited")
+    return None
 
 
 def clear(conn: sqlite3.Connection, incident_id: int, *, by: str, reason: str,
@@ -309,11 +341,23 @@ def audit_crosscheck(conn: sqlite3.Connection, row: sqlite3.Row, mode: str) -> s
     return None
 
 
+def _journal_entries(conn: sqlite3.Connection, row: sqlite3.Row) -> list[str]:
+    last: list[str] = []
+    for e in audit.events(conn, subject=f"incident:{row['id']}",
+                          action_prefix="purge.started"):
+        last = json.loads(e["details"]).get("entries") or []
+    return last
+
+
 # --- existing databases -------------------------------------------------------------------------
 
 def unsigned_open(conn: sqlite3.Connection, verifier: Verifier) -> list[dict[str, Any]]:
-    """Open clearances and lifts (incident not purged/released) without a valid signature."""
+    """Open clearances, lifts and interrupted purges without a valid signature."""
     out = []
+    for row in conn.execute("SELECT * FROM incidents WHERE state='purging' ORDER BY id"):
+        if _signed(conn, verifier, KIND_PURGE_START, int(row["id"]))[0] is None:
+            out.append({"kind": KIND_PURGE_START, "incident": int(row["id"]), "hold": None,
+                        "by": None, "reason": row["purge_reason"], "at": None})
     for row in conn.execute("SELECT * FROM incidents WHERE cleared_at IS NOT NULL AND state "
                             "NOT IN ('purged','released','purging') ORDER BY id").fetchall():
         if _signed(conn, verifier, KIND_CLEARANCE, int(row["id"]))[0] is None:
@@ -340,17 +384,21 @@ def resign_open(conn: sqlite3.Connection, signer: Signer, *, dry_run: bool = Fal
     done = []
     for item in todo:
         row = conn.execute("SELECT * FROM incidents WHERE id=?", (item["incident"],)).fetchone()
-        problem = audit_crosscheck(conn, row, "clearance" if item["kind"] == KIND_CLEARANCE
-                                   else "destruction-request")
+        problem = None if item["kind"] == KIND_PURGE_START else audit_crosscheck(
+            conn, row, "clearance" if item["kind"] == KIND_CLEARANCE else "destruction-request")
         if problem:
             raise IntegrityError(f"incident {item['incident']}: {problem}; not signing it")
         if dry_run:
             done.append(item)
             continue
         with transaction(conn):
-            signed = (sign_clearance(conn, item["incident"], signer)
-                      if item["kind"] == KIND_CLEARANCE
-                      else sign_lift(conn, item["hold"], signer))
+            if item["kind"] == KIND_CLEARANCE:
+                signed = sign_clearance(conn, item["incident"], signer)
+            elif item["kind"] == KIND_LIFT:
+                signed = sign_lift(conn, item["hold"], signer)
+            else:
+                signed = sign_purge_start(conn, row, _journal_entries(conn, row),
+                                          "resumed", signer)
             audit.append(conn, "custody.re-signed", f"incident:{item['incident']}",
                          {"kind": item["kind"], "hold": item["hold"],
                           "signature": signed["signature"],

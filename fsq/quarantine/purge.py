@@ -172,8 +172,19 @@ class Purger:
         rows = self.conn.execute("SELECT * FROM incidents WHERE state='purging' ORDER BY id"
                                  ).fetchall()
         results = []
+        from fsq.custody.custodian import Verifier
+        from fsq.custody.decisions import verify_purge_start
         for row in rows:
             started = self._started_event(int(row["id"]))
+            # Resuming shreds what the journal names without the other checks: a journal a
+            # database writer forged (state 'purging' + a chained purge.started row) must not
+            # destroy anything.
+            verifier = self.custodian if isinstance(self.custodian, Verifier) else None
+            problem = verify_purge_start(self.conn, row, started.get("entries"), verifier)
+            if problem:
+                results.append(self._block(row, "refused", "purge.refused", [problem],
+                                           str(started.get("mode", "unknown"))))
+                continue
             res = self._shred_and_finish(row, started, resumed=True)
             results.append(res)
         return results
@@ -304,6 +315,9 @@ class Purger:
             entry_ids = [e["id"] for e in _live_entries(self.conn, iid)]
             self.conn.execute("UPDATE incidents SET state='purging', purge_reason=? WHERE id=?",
                               (purge_reason, iid))
+            from fsq.custody.decisions import sign_purge_start
+            journal = sign_purge_start(self.conn, cur, entry_ids, mode, self.custodian)
+            signed = {**signed, "journal_signature": journal["signature"]}
             started = {"mode": mode, "destruction_request": reference, "reason": purge_reason,
                        "entries": entry_ids, "previous_state": cur["state"],
                        "sha256": cur["sha256"], "retention_days": retention_days, **signed}
@@ -313,13 +327,11 @@ class Purger:
 
     def _custody_problem(self, row: sqlite3.Row, mode: str) -> str | None:
         """Signatures, retention start and vault bindings (see the module docstring)."""
-        from fsq.custody.custodian import Signer, Verifier
+        from fsq.custody.custodian import Signer
         from fsq.custody.decisions import verify_for_purge
         from fsq.quarantine.release import binding_problem
-        if not isinstance(self.custodian, Verifier):
-            return "no custodian key to verify the decision with; purge needs the passphrase"
-        if mode == MODE_DESTRUCTION and not isinstance(self.custodian, Signer):
-            return "a destruction request must be signed: purge needs the passphrase"
+        if not isinstance(self.custodian, Signer):  # it verifies, and signs the journal
+            return "no unlocked custodian key to verify and sign with; purge needs the passphrase"
         problem = verify_for_purge(self.conn, row, clearance=mode == MODE_CLEARANCE,
                                    verifier=self.custodian)
         if problem:
