@@ -123,3 +123,16 @@ def test_no_secret_in_any_output(variant, tmp_path, _isolated_env):
         assert leaks(raw) == [], (f, leaks(raw))
     for f in Path(work / "keys").iterdir():
         assert leaks(f.read_bytes().decode("utf-8", "replace")) == []
+
+
+def test_log_lines_are_masked(capsys, monkeypatch):
+    import logging
+
+    from fsq.cli.common import setup_logging
+    register_secret("LogS3cretValue")
+    monkeypatch.setattr(logging.getLogger("fsq"), "handlers", [])  # a fresh process's logging
+    setup_logging("info")
+    logging.getLogger("fsq.test").warning("connecting with %s to postgresql://u:%s@h/db",
+                                          "LogS3cretValue", "Pw0rdInUrl")
+    err = capsys.readouterr().err
+    assert "LogS3cretValue" not in err and "Pw0rdInUrl" not in err and "u:***@h" in err

@@ -178,3 +178,21 @@ def test_daemon_publishes_periodically(tmp_path, _isolated_env, monkeypatch):
         assert heads(wfile)[-1]["seq"] == audit.verify(conn).rows
     finally:
         p.stop()
+
+
+def test_syslog_witness_receives_the_head(tmp_path, _isolated_env, monkeypatch):
+    import socket
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(10)
+    try:
+        monkeypatch.setenv("FSQ_AUDIT_WITNESS", f"syslog://127.0.0.1:{sock.getsockname()[1]}")
+        monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", PASS)
+        ok(["init"])
+        msg = sock.recv(65536).decode()
+    finally:
+        sock.close()
+    assert "fsq-audit-head" in msg
+    head = json.loads(msg[msg.index("{"):].rstrip("\x00"))
+    assert head["seq"] == int(ok(["audit", "head"]).stdout.split(":")[0])
+    assert head["signer"] == "scanner" and head["sig"]

@@ -160,7 +160,7 @@ def custodian_init(vault_private_key, passphrase_file, db, as_json):
               help="Public key file [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")
 @json_option
 def show(vault_public_key, as_json):
-    """Print the vault public key's fingerprint (compare it across hosts).
+    """Print the vault (and custodian) public key fingerprints (compare them across hosts).
 
     \b
     Example:
@@ -170,10 +170,19 @@ def show(vault_public_key, as_json):
     settings = load(vault_public_key=vault_public_key)
     pub = public_key_path(settings)
     fp = fingerprint(load_public_key(pub))
+    cpub = custodian_paths(settings)[0]
+    cfp = None
+    if cpub.exists():
+        from fsq.custody.custodian import load_verifier
+        cfp = load_verifier(cpub).fingerprint
     if as_json:
-        echo_json({"public_key": str(pub), "fingerprint": fp})
+        echo_json({"public_key": str(pub), "fingerprint": fp,
+                   "custodian_public_key": str(cpub) if cfp else None,
+                   "custodian_fingerprint": cfp})
     else:
         click.echo(f"{fp}  {pub}")
+        if cfp:
+            click.echo(f"{cfp}  {cpub}  (custodian)")
 
 
 COMMANDS = [init, key]
