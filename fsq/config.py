@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from fsq.errors import ConfigError
 
@@ -106,6 +105,7 @@ class Setting:
     example: str = ""         # value shown in env_example
     secret: bool = False      # never printed; "url" secrets are printed with the password masked
     group: str = "general"
+    url: bool = False         # a connection string: shown with only its password masked
 
     @property
     def env(self) -> str:
@@ -185,6 +185,15 @@ SETTINGS: tuple[Setting, ...] = (
       "a person's clearance (`fsq clear`) and no active hold (`fsq hold`), and holds keep "
       "evidence longer whatever this says. Check your own jurisdiction; not legal advice.",
       "365", group="retention"),
+    S("audit_witness", None, _opt_str,
+      "Where to append the audit chain head (seq, hash, time, signature) after every command "
+      "that wrote audit rows: a file path, s3://bucket/prefix (Object Lock bucket "
+      "recommended) or syslog://host:514. `fsq audit verify --witness` then detects a "
+      "truncated or rewritten log. Keep it where database writers cannot rewrite it.", "",
+      group="retention"),
+    S("audit_witness_interval", 300.0, _float_min(1.0),
+      "Seconds between witnessed heads in `fsq serve` (only when the log grew).", "300",
+      group="retention"),
     # reports and linkage
     S("reports_dir", "./reports", _str, "Where `fsq report` writes HTML reports.",
       "./reports", group="reports"),
@@ -192,10 +201,12 @@ SETTINGS: tuple[Setting, ...] = (
       "Directory of Jinja2 templates overriding the shipped ones.", "", group="reports"),
     S("lemmy_database_url", None, _opt_str,
       "Lemmy PostgreSQL URL (read-only use), for linking files to posts and accounts.",
-      "postgresql://lemmy_ro:PASSWORD@localhost:5432/lemmy", secret=True, group="reports"),
+      "postgresql://lemmy_ro:PASSWORD@localhost:5432/lemmy", secret=True, group="reports",
+      url=True),
     S("pictrs_database_url", None, _opt_str,
       "pict-rs 0.5 PostgreSQL repo URL (read-only use).",
-      "postgresql://pictrs_ro:PASSWORD@localhost:5432/pictrs", secret=True, group="reports"),
+      "postgresql://pictrs_ro:PASSWORD@localhost:5432/pictrs", secret=True, group="reports",
+      url=True),
     S("pictrs_url", None, _opt_str, "pict-rs base URL for its internal API.",
       "http://127.0.0.1:8080", group="reports"),
     S("pictrs_api_key", None, _opt_str, "pict-rs PICTRS__SERVER__API_KEY.", "", secret=True,
@@ -340,16 +351,11 @@ def _parse(s: Setting, raw: str, where: str) -> Any:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password (and only the password) of a URL like postgresql://u:p@h/db."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=userinfo + "@" + netloc[1]))
+    """Hide the credentials of a URL or DSN (kept for callers; it is ``mask_secrets``, the one
+    masking function: userinfo password, credential query parameters, libpq ``password=``,
+    registered secret values)."""
+    from fsq.secrets import mask_secrets
+    return mask_secrets(url)
 
 
 class Settings:
@@ -387,7 +393,9 @@ class Settings:
         for s in SETTINGS:
             v = self._values[s.name]
             if s.secret and v is not None:
-                v = mask_url(v) if "://" in str(v) else "***"
+                # Only a connection string keeps its shape; any other secret (a passphrase
+                # with "://" in it, a token, an API key) is hidden whole.
+                v = mask_url(str(v)) if s.url else "***"
             if isinstance(v, tuple):
                 v = list(v)
             out[s.env] = v
@@ -437,6 +445,10 @@ def load_settings(
     unknown = set(overrides) - set(_BY_NAME)
     if unknown:  # a programming error in a CLI command, not a user error
         raise KeyError(f"unknown override(s): {sorted(unknown)}")
+    from fsq.secrets import register_secret, register_url_secret
+    for s in SETTINGS:  # so mask_secrets hides them in every output, whatever their shape
+        if s.secret and values[s.name]:
+            (register_url_secret if s.url else register_secret)(values[s.name])
     return Settings(values, origins)
 
 

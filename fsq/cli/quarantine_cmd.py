@@ -7,8 +7,8 @@ import click
 from fsq.cli.common import (Exit, VaultCache, db_option, echo_json, host_key_option, json_option,
                             load, open_db, passphrase_file_option, private_key, show_key,
                             vault_options)
+from fsq.custody.incidents import resolve
 from fsq.errors import IntegrityError
-from fsq.incidents import resolve
 from fsq.runtime import build_quarantiner
 from fsq.sources.base import open_source
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import (VaultCache, db_option, echo_json, json_option, load, open_db,
-                            passphrase_file_option, private_key)
-from fsq.incidents import resolve
+                            passphrase_file_option, private_key,
+                            unlock_custodian, custodian_paths)
+from fsq.custody.incidents import resolve
 from fsq.ledger import audit
 
 
@@ -53,7 +54,16 @@ def review(listen, reviewer, allow_remote, idle_minutes, passphrase_file, db):
     settings = load(db=db, review_listen=listen, review_idle_minutes=text(idle_minutes))
     check_listen(settings.review_listen, allow_remote)   # before asking for the passphrase
     conn = open_db(settings, create=False)
-    key = private_key(settings, passphrase_file)
+    # One passphrase unlocks the vault key (previews, release) and the custodian key (signed
+    # clearances; a re-signed clearance when an incident is marked reported). Installs made
+    # before the custodian key existed review without it and cannot clear from the console.
+    signer = None
+    if custodian_paths(settings)[1].exists():
+        signer, key = unlock_custodian(settings, passphrase_file, vault_key=True)
+    else:
+        key = private_key(settings, passphrase_file)
+        click.echo("fsq review: no custodian key, so clearing is disabled in the console; add "
+                   "one with `fsq key custodian-init`", err=True)
     cache = VaultCache(settings)
     who = _reviewer(settings, reviewer)
 
@@ -61,7 +71,7 @@ def review(listen, reviewer, allow_remote, idle_minutes, passphrase_file, db):
         click.echo(f"fsq review: session locked or ended; new one-time login link: {url}")
 
     try:
-        running = build(conn, settings, lifecycle=Lifecycle(key, cache.vault, cache.source),
+        running = build(conn, settings, lifecycle=Lifecycle(key, cache.vault, cache.source, signer),
                         reviewer=who, allow_remote=allow_remote, announce=announce)
         audit.append(conn, "review.started", "review",
                      {"reviewer": who, "listen": f"{running.host}:{running.port}",

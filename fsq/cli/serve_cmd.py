@@ -61,7 +61,18 @@ def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vaul
                     concepts=concepts, severity=severity, precision=precision, device=device,
                     batch_size=batch_size, workers=workers, threads=threads,
                     unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db)
-    serve_forever(settings)
+    periodic = None
+    if settings.audit_witness:  # witness the audit head routinely while the daemon runs
+        from fsq.custody.witness import Periodic
+        from fsq.ledger.db import connect
+        from fsq.runtime import public_key_path
+        periodic = Periodic(lambda: connect(settings.db, create=False), settings,
+                            public_key_path(settings), settings.audit_witness_interval)
+    try:
+        serve_forever(settings)
+    finally:
+        if periodic is not None:
+            periodic.stop()
 
 
 COMMANDS = [serve]

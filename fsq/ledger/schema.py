@@ -230,6 +230,21 @@ CREATE INDEX incidents_score ON incidents(review_score);
 CREATE INDEX incidents_review_counts ON incidents(review_state, state);
 -- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
 CREATE INDEX audit_subject ON audit(subject, seq);
+    (2, "custodian signatures on clearances, hold lifts and destructions", r"""
+-- One signed decision that authorises destruction (fsq.custody.decisions). record is the exact
+-- canonical JSON that was signed; purge re-verifies it and compares it with the other tables
+-- and the audit chain, so editing any of them cannot authorise a purge.
+CREATE TABLE custody_signatures (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,         -- clearance | hold-lift | destruction
+    incident_id INTEGER NOT NULL REFERENCES incidents(id),
+    hold_id     INTEGER REFERENCES holds(id),
+    record      TEXT NOT NULL,
+    signature   TEXT NOT NULL,         -- base64 Ed25519 signature
+    fingerprint TEXT NOT NULL,         -- custodian key that signed
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX custody_signatures_incident ON custody_signatures(incident_id, kind);
 """),
 ]
 

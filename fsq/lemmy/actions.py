@@ -208,7 +208,7 @@ def plan_action(conn: sqlite3.Connection, settings: Any, action: str, target: st
     (``ban`` with ``community`` becomes a community ban). ``target``: a post/comment id, or a
     person (id, name, name@domain, actor URL). ``api``: a LemmyApi to reuse (version detection
     is one GET /site); made from the settings when None."""
-    from fsq.incidents import resolve
+    from fsq.custody.incidents import resolve
 
     if action == "ban" and community:
         action = "community-ban"

@@ -258,7 +258,7 @@ class Quarantiner:
                 audit.append(conn, "quarantined", f"incident:{row['incident_id']}",
                              {"entry": entry_id, "source": row["source"], "key": row["key"],
                               "sha256": row["sha256"], "blob_sha256": row["blob_sha256"],
-                              "vault": row["vault"]})
+                              "vault": row["vault"], "at": now})
 
     def _lock(self, conn: sqlite3.Connection, row: Mapping[str, Any]) -> None:
         """Write-once retention (S3 Object Lock) for a verified entry, until the incident's

@@ -15,9 +15,10 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from fsq import __version__, retention
+from fsq import __version__
 from fsq.config import mask_url
-from fsq.incidents import resolve
+from fsq.custody import retention
+from fsq.custody.incidents import resolve
 from fsq.ledger import audit
 from fsq.lemmy import urls
 from fsq.lemmy.followup import follow_up
@@ -32,7 +33,8 @@ TOP_SCORES = 8
 def retention_end(incident: Any, retention_days: int) -> str | None:
     """End of the retention period for an ``incidents`` row (ISO text, None if not started).
 
-    The rule itself lives in fsq.retention (clock from reported_at, else quarantined_at)."""
+    The rule itself lives in fsq.custody.retention (clock from reported_at, else
+    quarantined_at)."""
     end = retention.retention_end(retention.IncidentFacts.from_row(incident), retention_days)
     return iso(end) if end is not None else None
 

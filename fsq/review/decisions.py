@@ -1,8 +1,8 @@
 """Reviewer decisions: the ONE adapter between the review console and the incident lifecycle.
 
 Every call the console makes into the lifecycle (release, holds, mark reported, clearance) is
-in this module, so a change of those functions (fsq.holds / fsq.incidents moving into
-fsq.custody, custodian signatures on clearances) is adapted here only.
+in this module, so a change of those functions (fsq.custody: holds, incidents, custodian
+signatures on clearances) is adapted here only.
 
 Each decision needs a reason and the reviewer's name, runs the existing lifecycle function
 (which appends its own audit event: ``released``, ``hold.added``, ``incident.reported``,
@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from fsq.errors import FsqError, NotFound, UsageError
-from fsq.holds import add_hold, clear_incident, mark_reported, parse_until
+from fsq.custody.holds import add_hold, clear_incident, mark_reported, parse_until
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
 from fsq.quarantine.release import release_incident
@@ -57,6 +57,7 @@ class Lifecycle:
     private_key: Any
     vault_for: Callable[[str], Any]
     source_for: Callable[[str], Any]
+    signer: Any = None      # the unlocked custodian key (fsq.custody.custodian.Signer)
 
 
 def _row(conn: sqlite3.Connection, incident_id: int) -> sqlite3.Row:
@@ -104,11 +105,16 @@ def decide(conn: sqlite3.Connection, incident_id: int, decision: str, *, reason:
         if not (reference or "").strip():
             raise UsageError("mark reported needs the report reference (e.g. the CyberTipline "
                              "report id)")
-        r = mark_reported(conn, incident_id, reference=reference or "", now=now)
+        r = mark_reported(conn, incident_id, reference=reference or "", now=now,
+                          signer=lifecycle.signer if lifecycle else None)
         result = {"reference": r["reference"], "reported_at": r["reported_at"]}
     elif decision == "clear":
+        # Purge honours only clearances signed by the custodian (fsq.custody.decisions).
+        if lifecycle is None or lifecycle.signer is None:
+            raise UsageError("clearing needs the custodian key; add it with `fsq key "
+                             "custodian-init`, then restart fsq review")
         r = clear_incident(conn, incident_id, by=reviewer, reason=reason, reference=reference,
-                           now=now)
+                           now=now, signer=lifecycle.signer)
         result = {"cleared_at": r["cleared_at"]}
     new_state = DECISIONS[decision][1]
     with transaction(conn):
