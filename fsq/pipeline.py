@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from fsq.decode import Decoded, Unreadable, decode, hashes, sniff
+from fsq.media import Decoded, Unreadable, decode, hashes, sniff
 from fsq.errors import FsqError
 from fsq.ledger import audit, state
 from fsq.ledger.db import connect, transaction

@@ -61,7 +61,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsq.decode import Decoded, hashes, sniff
+from fsq.media import Decoded, hashes, sniff
 from fsq.errors import ConfigError, UsageError
 from fsq.ledger import state
 from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_or_verdict,
