@@ -53,6 +53,8 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         dry_run=dry_run, rescan=rescan, unreadable=settings.unreadable,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
+        decode_workers=settings.decode_workers, decode_seconds=settings.decode_seconds,
+        decode_pixels=settings.decode_pixels,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
         severity=settings.severity, rule_version=RULE_VERSION,
         decision_settings=decision_settings(settings, cs.digest, RULE_VERSION))
