@@ -18,7 +18,6 @@ frames uncopied):
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import socket
@@ -74,7 +73,11 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    # The parent decides when we stop (it closes the socket; we see EOF). A Ctrl-C or a
+    # service manager's SIGTERM to the whole group must not kill a worker mid-file: the pool
+    # would take that for a decoder crash and record the file as unreadable.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     _limit_memory()
     sock = socket.socket(fileno=int(argv[1]))
     conn = Connection(sock.detach())

@@ -66,12 +66,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsq.media import Decoded, hashes, sniff
+from fsq.media import Decoded, Unreadable, hashes, sniff
 from fsq.errors import ConfigError, UsageError
 from fsq.ledger import state
 from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_request,
                           load_hash_lists, precheck, record_verdict, unreadable_verdict)
-from fsq.media import Unreadable
 from fsq.quarantine.move import UNFINISHED, UPLOAD_SOURCE
 from fsq.server.metrics import Metrics
 from fsq.timeutil import iso
@@ -556,6 +555,10 @@ class Validator:
             up = Upload(bytes(body), ctype, client, iso(), time.time(),
                         secrets.token_hex(6), self._loop.create_future())
             del body
+            if len(self._preparing) >= self._admit_limit:
+                # Uploads answered by the timeout policy are still being decoded: their
+                # bodies are held until then, so they count against the same bound.
+                return policy("overload", f" ({len(self._preparing)} uploads being decoded)")
             self.submit(up)
             remaining = self.opts.timeout - (time.monotonic() - t0)
             try:
