@@ -25,11 +25,11 @@ that thread), then decode in the worker-process pool (fsq.media.pool, killed at 
 budget) and preprocess. So a decoding bomb holds one decode worker for its budget only and
 never the batch thread; a budget breach is an error of that upload alone and follows
 ``--on-error`` (counted in ``fsq_serve_decode_budget_breaches_total``). Prepared uploads go
-on an asyncio queue bounded by ``serve_queue`` (full -> overload policy). One worker task
-takes what is queued, up to ``batch_size`` uploads; a lone upload waits
-``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker thread:
-ONE classifier call for the whole batch, then per upload: record, seal if flagged, answer. A request waits at most ``serve_timeout``
-seconds (keep it below pict-rs's timeout) from its start, then the on-error policy answers;
+on an asyncio queue; uploads being prepared or queued are bounded by ``serve_queue`` (full ->
+overload policy). One worker task takes what is queued, up to ``batch_size`` uploads; a lone
+upload waits ``serve_batch_wait_ms`` for company first. The batch runs on one dedicated
+worker thread: ONE classifier call for the whole batch, then per upload: record, seal if
+flagged, answer. A request waits at most ``serve_timeout`` seconds (keep it below pict-rs's timeout) from its start, then the on-error policy answers;
 the upload is still checked and recorded afterwards, and sealed if flagged.
 
 Evidence first: a flagged upload is sealed into the vault (``Quarantiner.seal_upload``: the
@@ -330,12 +330,9 @@ class Validator:
         assert self._loop is not None and self._queue is not None
         it = _Item(up)
         await self._loop.run_in_executor(self._prep_pool, self.prepare, it)
-        try:
-            self._queue.put_nowait(it)
-        except asyncio.QueueFull:
-            # Not recorded (the batch thread is the only writer and it is the bottleneck):
-            # the log line of the answer is the record.
-            self._resolve(up, Outcome("overload", f"queue of {self.opts.queue} full"))
+        # Admission kept queued + preparing under the queue's size, so this does not wait;
+        # if it ever did, the upload would still be checked (never dropped once admitted).
+        await self._queue.put(it)
 
     def prepare(self, it: _Item) -> None:
         self._guard(it, self._precheck)
@@ -555,10 +552,12 @@ class Validator:
             up = Upload(bytes(body), ctype, client, iso(), time.time(),
                         secrets.token_hex(6), self._loop.create_future())
             del body
-            if len(self._preparing) >= self._admit_limit:
-                # Uploads answered by the timeout policy are still being decoded: their
-                # bodies are held until then, so they count against the same bound.
-                return policy("overload", f" ({len(self._preparing)} uploads being decoded)")
+            if self._queue.qsize() + len(self._preparing) >= self.opts.queue:
+                # Waiting = being prepared or queued for the batch (an upload the timeout
+                # policy answered still waits, and is still checked). Not checked now; not
+                # recorded either (the batch thread is the only writer and it is the
+                # bottleneck): the log line is the record.
+                return policy("overload", f" (queue of {self.opts.queue} full)")
             self.submit(up)
             remaining = self.opts.timeout - (time.monotonic() - t0)
             try:
@@ -568,8 +567,6 @@ class Validator:
                 up.answered_by_policy = f"timeout-{self.opts.on_error}"
                 return policy("timeout", f" (no verdict within {self.opts.timeout:g}s; the "
                                          "upload is still checked and recorded)")
-            if out.verdict == "overload":
-                return policy("overload", f" ({out.reason})")
             sha = f" sha256={out.sha256[:16]}" if out.sha256 else ""
             if out.verdict == "flagged":
                 sealed = (f" sealed={out.entry_id}" if out.entry_id else " NOT-SEALED")
