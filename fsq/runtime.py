@@ -76,6 +76,7 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "concepts": settings.concepts or "(shipped)", "concepts_digest": concepts_digest,
         "severity": settings.severity, "rule_version": rule_version,
         "unreadable": settings.unreadable, "max_pixels": settings.max_pixels,
+        "decode_pixels": settings.decode_pixels, "decode_seconds": settings.decode_seconds,
         "max_bytes": settings.max_bytes,
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
     }
