@@ -155,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
       "costs one worker, which is killed and replaced.", "2", group="scan"),
     S("decode_seconds", 10.0, _float_min(0.1),
       "CPU seconds one file may take to decode; over it the worker is killed and the file is "
-      "unreadable (scan) or follows --on-error (serve). Wall-clock limit: this + 2 s.", "10",
+      "unreadable (scan) or follows --on-error (serve). Wall-clock limit: this + 1.5 s.", "10",
       group="scan"),
     S("decode_pixels", 1_000_000_000, _int_min(1),
       "Pixels one file may make a decoder produce: logical screen x frames walked (animated "

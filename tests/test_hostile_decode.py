@@ -46,8 +46,9 @@ def test_each_hostile_file_has_its_outcome(name):
     else:
         d = decode(data)
         assert d.frames and d.truncated, name
-        assert d.truncated["missing_bytes"] >= d.truncated["missing_bytes_min"] >= 1
-        assert d.facts()["truncated_reason"].startswith("truncated: ")
+        assert d.truncated["missing_bytes"] >= d.truncated["missing_bytes_min"]
+        assert (d.truncated["missing_bytes_min"] >= 1) == (word == "truncated")
+        assert d.facts()["truncated_reason"].startswith(f"{word}: ")
 
 
 def test_truncated_jpeg_reports_missing_bytes():
@@ -127,8 +128,11 @@ def test_pool_kills_a_cpu_bomb_at_its_budget_and_replaces_the_worker():
         took = time.monotonic() - t0
         assert took <= budget + 2, took
         assert ei.value.kind == "budget" and ei.value.facts["budget"] == "cpu"
-        assert ei.value.reason == ("budget: 1500 frames on 7999x7999: stopped after 1 s of "
-                                   "CPU (FSQ_DECODE_SECONDS)")
+        # the CPU budget, or on a starved machine its wall-clock limit (budget + 1.5 s)
+        assert ei.value.reason in (
+            "budget: 1500 frames on 7999x7999: stopped after 1 s of CPU (FSQ_DECODE_SECONDS)",
+            "budget: 1500 frames on 7999x7999: stopped after 2.5 s without finishing "
+            "(FSQ_DECODE_SECONDS + grace)")
         # the next file gets a fresh worker and decodes normally
         again = pool.decode(cut(picture("JPEG"), 2), DecodeRequest())
         assert again.truncated["missing_bytes"] == 2
@@ -197,7 +201,7 @@ def test_scan_of_the_hostile_corpus(tmp_path, tiny_model):
         got, reason = st[name]
         assert got == want, (name, got, reason)
         assert word in reason, (name, reason)
-    assert s["unreadable"] == 4 and s["clean"] == 8 and s["errors"] == 0
+    assert s["unreadable"] == 4 and s["clean"] == 9 and s["errors"] == 0
     assert peak_mb < 1536, peak_mb
     print(f"peak RSS of the scan over the hostile corpus: {peak_mb:.0f} MB, {took:.1f} s")
     conn = __import__("fsq.ledger.db", fromlist=["connect"]).connect("fsq.db")

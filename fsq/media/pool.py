@@ -5,8 +5,9 @@ took 275 s) or allocate without bound. In a thread it cannot be stopped; in a pr
 can. ``DecodePool.decode`` sends the bytes to an idle worker (fsq.media.worker), watches the
 worker's CPU time (``/proc/PID/stat``: every thread of the process) while it waits, and
 SIGKILLs it when it has used ``cpu_seconds`` (FSQ_DECODE_SECONDS) for this file, or when
-``cpu_seconds + wall_grace`` seconds have passed (a starved machine, a worker blocked in a
-way that uses no CPU). The file is then ``Unreadable(kind='budget')`` with the facts the
+``cpu_seconds + wall_grace`` (1.5 s) seconds have passed (a starved machine, a worker blocked
+in a way that uses no CPU); with the kill itself, no file holds a caller for more than its
+budget + 2 s. The file is then ``Unreadable(kind='budget')`` with the facts the
 worker had reported (size, frame count), and the next decode starts a fresh worker.
 
 Invariants:
@@ -115,13 +116,17 @@ class _Worker:
                        msg["n_frames"], msg["sampled"], incomplete=msg.get("incomplete"),
                        truncated=msg.get("truncated"))
 
-    def kill(self) -> None:
+    def kill(self, wait: bool = True) -> None:
         try:
             self.proc.send_signal(signal.SIGKILL)
         except OSError:
             pass
-        self.proc.wait()
         self.conn.close()
+        if wait:
+            self.proc.wait()
+        else:  # tearing down a big address space takes a while: answer first, reap after
+            threading.Thread(target=self.proc.wait, name="fsq-decode-reap",
+                             daemon=True).start()
 
     def close(self) -> None:
         self.conn.close()  # the worker sees EOF and exits
@@ -146,7 +151,7 @@ class DecodePool:
     """Thread-safe: call ``decode`` from any number of threads; ``close`` when done."""
 
     def __init__(self, workers: int = 2, cpu_seconds: float = 10.0,
-                 wall_grace: float = 2.0) -> None:
+                 wall_grace: float = 1.5) -> None:
         self.workers = max(1, workers)
         self.cpu_seconds = cpu_seconds
         self.wall_limit = cpu_seconds + wall_grace
@@ -182,7 +187,7 @@ class DecodePool:
                 self._give(w)
                 raise
             except _Stopped as s:
-                w.kill()
+                w.kill(wait=s.why == "crashed")
                 with self._lock:
                     self.stats["decodes"] += 1
                     self.stats["crashes" if s.why == "crashed" else "budget_cpu"] += 1

@@ -10,6 +10,8 @@ fsq.media.decode) and classified, and the verdict carries ``truncated: ...`` wit
   trailer; WebP: exact, from the RIFF size).
 * ``missing_bytes``: the best estimate: exact for WebP, else the lower bound plus the payload
   that the undecoded rows would have needed, in proportion to the decoded ones.
+* ``damaged``: the structure ends properly, yet the strict decoder gave up inside (the
+  reason then says ``damaged: ...``, not ``truncated``).
 """
 
 from __future__ import annotations
@@ -100,13 +102,21 @@ def estimate(data: bytes, media_type: str | None, im: Image.Image | None) -> dic
     missing_rows = undecoded_rows(im)
     facts["rows_decoded"] = h - missing_rows
     facts["rows"] = h
-    if 0 < missing_rows < h:
+    if low == 0:
+        facts["damaged"] = 1  # the end is there: the data is damaged inside, not cut
+    elif 0 < missing_rows < h:
         facts["missing_bytes"] = low + round(len(data) * missing_rows / (h - missing_rows))
     return facts
 
 
 def describe(facts: dict[str, int]) -> str:
     n, low = facts.get("missing_bytes", 0), facts.get("missing_bytes_min", 0)
+    if facts.get("damaged") or (not n and not low):
+        # Nothing says the end is missing, yet the strict decoder gave up: damaged inside.
+        rows = facts.get("rows")
+        part = (f", {facts['rows_decoded']} of {rows} rows decoded"
+                if rows and facts.get("rows_decoded", rows) < rows else "")
+        return "damaged: decoded as far as the data allowed" + part
     if facts.get("exact"):
         what = f"{n} bytes missing"
     elif n == low:
