@@ -20,7 +20,7 @@ cached verdict of identical content, then decode (undecodable -> ``--unreadable`
 and verdict 'unreadable', flag = 406 and sealed) and classify.
 
 Preparing, then batching: each upload is first prepared on its own, on a small pool of
-threads (``decode_workers`` + 1): hash and cheap checks (through a read-only connection of
+threads (``workers``/``decode_workers`` + 1): hash and cheap checks (through a read-only connection of
 that thread), then decode in the worker-process pool (fsq.media.pool, killed at the CPU
 budget) and preprocess. So a decoding bomb holds one decode worker for its budget only and
 never the batch thread; a budget breach is an error of that upload alone and follows
@@ -191,7 +191,7 @@ class Validator:
     def __init__(self, *, conn: sqlite3.Connection, classifier: Classifier, quarantiner: Any,
                  scan_cfg: ScanConfig, opts: ServeOptions, known: dict[str, str],
                  run_id: int | None = None, workers: int = 1, db_path: Any = None,
-                 decode_seconds: float | None = None) -> None:
+                 decode_workers: int | None = None) -> None:
         self.conn = conn
         self.classifier = classifier
         self.quarantiner = quarantiner
@@ -206,13 +206,14 @@ class Validator:
         self._loop: asyncio.AbstractEventLoop | None = None
         # One thread: all model work and every database write happen on it. Preparing
         # (hash, cheap checks with a read-only connection per thread, decode in the process
-        # pool, preprocess) runs on ``workers`` + 1 threads, so that while every decode
-        # worker holds a bomb, uploads decided without decoding still get through.
+        # pool, preprocess) runs on max(workers, decode workers) + 1 threads, so that while
+        # every decode worker holds a bomb, uploads decided without decoding still get
+        # through.
         from fsq.media import DecodePool
+        dw = decode_workers if decode_workers is not None else scan_cfg.decode_workers
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsq-serve")
-        self._decoder = DecodePool(workers, decode_seconds if decode_seconds is not None
-                                   else scan_cfg.decode_seconds)
-        self._prep_pool = ThreadPoolExecutor(max_workers=workers + 1,
+        self._decoder = DecodePool(dw, scan_cfg.decode_seconds)
+        self._prep_pool = ThreadPoolExecutor(max_workers=max(workers, dw) + 1,
                                              thread_name_prefix="fsq-serve-prep")
         self._db_path = db_path
         self._local = threading.local()
@@ -632,8 +633,8 @@ def open_validator(settings: Any, *, classifier: Classifier | None = None) -> Va
         log.warning("no FSQ_SERVE_TOKEN: any local process can call /validate (allowed on "
                     "loopback only)")
     return Validator(conn=conn, classifier=classifier, quarantiner=quarantiner, scan_cfg=cfg,
-                     opts=opts, known=known, run_id=run_id, workers=settings.decode_workers,
-                     db_path=settings.db)
+                     opts=opts, known=known, run_id=run_id, workers=settings.workers,
+                     db_path=settings.db, decode_workers=settings.decode_workers)
 
 
 def create_app(validator: Validator) -> Any:
