@@ -20,17 +20,19 @@ cached verdict of identical content, then decode (undecodable -> ``--unreadable`
 and verdict 'unreadable', flag = 406 and sealed) and classify.
 
 Preparing, then batching: each upload is first prepared on its own, on a small pool of
-threads (``workers``/``decode_workers`` + 1): hash and cheap checks (through a read-only connection of
-that thread), then decode in the worker-process pool (fsq.media.pool, killed at the CPU
-budget) and preprocess. So a decoding bomb holds one decode worker for its budget only and
-never the batch thread; a budget breach is an error of that upload alone and follows
-``--on-error`` (counted in ``fsq_serve_decode_budget_breaches_total``). Prepared uploads go
-on an asyncio queue; uploads being prepared or queued are bounded by ``serve_queue`` (full ->
-overload policy). One worker task takes what is queued, up to ``batch_size`` uploads; a lone
-upload waits ``serve_batch_wait_ms`` for company first. The batch runs on one dedicated
-worker thread: ONE classifier call for the whole batch, then per upload: record, seal if
-flagged, answer. A request waits at most ``serve_timeout`` seconds (keep it below pict-rs's timeout) from its start, then the on-error policy answers;
-the upload is still checked and recorded afterwards, and sealed if flagged.
+threads (max(``workers``, ``decode_workers``) + 1): hash and cheap checks (through a
+read-only connection of that thread), then decode in the worker-process pool
+(fsq.media.pool, killed at the CPU budget) and preprocess. So a decoding bomb holds one
+decode worker for its budget only and never the batch thread; a budget breach is an error of
+that upload alone and follows ``--on-error`` (counted in
+``fsq_serve_decode_budget_breaches_total``). Prepared uploads go on an asyncio queue;
+uploads being prepared or queued are bounded by ``serve_queue`` (full -> overload policy).
+One worker task takes what is queued, up to ``batch_size`` uploads; a lone upload waits
+``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker thread:
+ONE classifier call for the whole batch, then per upload: record, seal if flagged, answer.
+A request waits at most ``serve_timeout`` seconds (keep it below pict-rs's timeout) from
+its start, then the on-error policy answers; the upload is still checked and recorded
+afterwards, and sealed if flagged.
 
 Evidence first: a flagged upload is sealed into the vault (``Quarantiner.seal_upload``: the
 crash-safe journal without a source to remove) and its incident (origin 'serve') and audit
