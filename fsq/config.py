@@ -150,6 +150,17 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_pixels", 64_000_000, _int_min(1),
       "Decompression-bomb guard: images claiming more pixels are unreadable.", "64000000",
       group="scan"),
+    S("decode_workers", 2, _int_min(1),
+      "Decode worker processes (fsq scan and fsq serve). A file that overruns its budget "
+      "costs one worker, which is killed and replaced.", "2", group="scan"),
+    S("decode_seconds", 10.0, _float_min(0.1),
+      "CPU seconds one file may take to decode; over it the worker is killed and the file is "
+      "unreadable (scan) or follows --on-error (serve). Wall-clock limit: this + 1.5 s.", "10",
+      group="scan"),
+    S("decode_pixels", 1_000_000_000, _int_min(1),
+      "Pixels one file may make a decoder produce: logical screen x frames walked (animated "
+      "GIF/WebP/APNG composite every earlier frame). Frames past it are not examined.",
+      "1000000000", group="scan"),
     S("max_bytes", 200 * 1024 * 1024, _int_min(1),
       "Files larger than this are not fetched (status error, reason too large).", "209715200",
       group="scan"),

@@ -19,14 +19,20 @@ Checks, the same as the scanner's (fsq.pipeline helpers): allowlist, known-hash 
 cached verdict of identical content, then decode (undecodable -> ``--unreadable``: skip = 200
 and verdict 'unreadable', flag = 406 and sealed) and classify.
 
-Batching: handlers put uploads on an asyncio queue bounded by ``serve_queue`` (full ->
-overload policy). One worker task takes what is queued, up to ``batch_size`` uploads; a lone
-upload waits ``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker
-thread: hash and cheap checks, then decode and preprocess (spread over ``workers`` threads),
-then ONE classifier call for the whole batch, then per upload: record, seal if flagged,
-answer. A request waits at most ``serve_timeout``
-seconds (keep it below pict-rs's timeout) from its start, then the on-error policy answers;
-the upload is still checked and recorded afterwards, and sealed if flagged.
+Preparing, then batching: each upload is first prepared on its own, on a small pool of
+threads (max(``workers``, ``decode_workers``) + 1): hash and cheap checks (through a
+read-only connection of that thread), then decode in the worker-process pool
+(fsq.media.pool, killed at the CPU budget) and preprocess. So a decoding bomb holds one
+decode worker for its budget only and never the batch thread; a budget breach is an error of
+that upload alone and follows ``--on-error`` (counted in
+``fsq_serve_decode_budget_breaches_total``). Prepared uploads go on an asyncio queue;
+uploads being prepared or queued are bounded by ``serve_queue`` (full -> overload policy).
+One worker task takes what is queued, up to ``batch_size`` uploads; a lone upload waits
+``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker thread:
+ONE classifier call for the whole batch, then per upload: record, seal if flagged, answer.
+A request waits at most ``serve_timeout`` seconds (keep it below pict-rs's timeout) from
+its start, then the on-error policy answers; the upload is still checked and recorded
+afterwards, and sealed if flagged.
 
 Evidence first: a flagged upload is sealed into the vault (``Quarantiner.seal_upload``: the
 crash-safe journal without a source to remove) and its incident (origin 'serve') and audit
@@ -55,17 +61,18 @@ import logging
 import secrets
 import socket
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsq.decode import Decoded, hashes, sniff
+from fsq.media import Decoded, Unreadable, hashes, sniff
 from fsq.errors import ConfigError, UsageError
 from fsq.ledger import state
-from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_or_verdict,
-                          load_hash_lists, precheck, record_verdict)
+from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_request,
+                          load_hash_lists, precheck, record_verdict, unreadable_verdict)
 from fsq.quarantine.move import UNFINISHED, UPLOAD_SOURCE
 from fsq.server.http import (BodyBudget, BodyBudgetExceeded, BodyTimeout, BodyTooLarge,
                              ConnectionLimits, fit_connections, guarded_protocol, read_body)
@@ -193,7 +200,8 @@ class Validator:
 
     def __init__(self, *, conn: sqlite3.Connection, classifier: Classifier, quarantiner: Any,
                  scan_cfg: ScanConfig, opts: ServeOptions, known: dict[str, str],
-                 run_id: int | None = None, workers: int = 1) -> None:
+                 run_id: int | None = None, workers: int = 1, db_path: Any = None,
+                 decode_workers: int | None = None) -> None:
         self.conn = conn
         self.classifier = classifier
         self.quarantiner = quarantiner
@@ -203,15 +211,25 @@ class Validator:
         self.run_id = run_id
         self.metrics = Metrics()
         self.metrics.model_loaded = True
-        self._queue: asyncio.Queue[Upload | None] | None = None
+        self._queue: asyncio.Queue[_Item | None] | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One thread: all model work and every database access happen on it. Decoding and
-        # preprocessing of a batch fan out to ``workers`` threads (no database access there).
+        # One thread: all model work and every database write happen on it. Preparing
+        # (hash, cheap checks with a read-only connection per thread, decode in the process
+        # pool, preprocess) runs on max(workers, decode workers) + 1 threads, so that while
+        # every decode worker holds a bomb, uploads decided without decoding still get
+        # through.
+        from fsq.media import DecodePool
+        dw = decode_workers if decode_workers is not None else scan_cfg.decode_workers
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsq-serve")
-        self._decode_pool = (ThreadPoolExecutor(max_workers=workers,
-                                                thread_name_prefix="fsq-serve-decode")
-                             if workers > 1 else None)
+        self._decoder = DecodePool(dw, scan_cfg.decode_seconds)
+        self._prep_pool = ThreadPoolExecutor(max_workers=max(workers, dw) + 1,
+                                             thread_name_prefix="fsq-serve-prep")
+        self._db_path = db_path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._preparing: set[asyncio.Task] = set()
         # Bodies in memory are bounded too, not only the queue (each up to max_body): at most
         # _admit_limit complete bodies wait for verdicts, and bodies still arriving hold at
         # most as many bytes between them. Slow senders therefore never take the slots of
@@ -231,13 +249,15 @@ class Validator:
 
     async def stop(self) -> None:
         """Finish everything queued, then record the end of the run and close the database."""
+        if self._preparing:  # uploads still being decoded go through the batch first
+            await asyncio.gather(*self._preparing, return_exceptions=True)
         if self._queue is not None and self._task is not None and not self._task.done():
             await self._queue.put(None)
             await self._task
         await asyncio.get_running_loop().run_in_executor(self._executor, self.close)
         self._executor.shutdown(wait=True)
-        if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=True)
+        self._prep_pool.shutdown(wait=True)
+        self._decoder.close()
 
     def close(self) -> None:
         if self._closed:
@@ -256,6 +276,10 @@ class Validator:
             log.error("could not record the end of serve run %s: %s", self.run_id, exc)
         finally:
             self.conn.close()
+            with self._readers_lock:
+                for c in self._readers:
+                    c.close()
+                self._readers.clear()
 
     @property
     def healthy(self) -> bool:
@@ -263,7 +287,7 @@ class Validator:
 
     # -- batching (event loop) --------------------------------------------------------------
 
-    def _drain(self, batch: list[Upload]) -> bool:
+    def _drain(self, batch: list[_Item]) -> bool:
         """Move queued uploads into ``batch`` up to batch_size; True if the stop mark came."""
         assert self._queue is not None
         while len(batch) < self.opts.batch_size:
@@ -294,8 +318,8 @@ class Validator:
                 await self._loop.run_in_executor(self._executor, self.process_batch, batch)
             except Exception:  # a bug; never let it kill the worker (every request would hang)
                 log.exception("batch of %d upload(s) failed", len(batch))
-                for up in batch:
-                    self._resolve(up, Outcome("error", "internal error"))
+                for it in batch:
+                    self._resolve(it.up, Outcome("error", "internal error"))
             if stop:
                 return
 
@@ -309,17 +333,44 @@ class Validator:
 
     # -- the checks (worker thread) ---------------------------------------------------------
 
-    def process_batch(self, batch: list[Upload]) -> None:
-        self.metrics.batch(len(batch))
-        items = [_Item(up) for up in batch]
-        for it in items:  # database reads stay on this thread
-            self._guard(it, self._precheck)
-        todo = [it for it in items if it.verdict is None and it.error is None]
-        if len(todo) > 1 and self._decode_pool is not None:
-            list(self._decode_pool.map(lambda it: self._guard(it, self._decode), todo))
-        else:
-            for it in todo:
-                self._guard(it, self._decode)
+    # -- preparing (prep threads) -----------------------------------------------------------
+
+    def submit(self, up: Upload) -> None:
+        """Prepare ``up`` in the background, then queue it for the batch (event loop)."""
+        assert self._loop is not None
+        task = self._loop.create_task(self._prepare_and_queue(up))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _prepare_and_queue(self, up: Upload) -> None:
+        assert self._loop is not None and self._queue is not None
+        it = _Item(up)
+        await self._loop.run_in_executor(self._prep_pool, self.prepare, it)
+        # Admission kept queued + preparing under the queue's size, so this does not wait;
+        # if it ever did, the upload would still be checked (never dropped once admitted).
+        await self._queue.put(it)
+
+    def prepare(self, it: _Item) -> None:
+        self._guard(it, self._precheck)
+        if it.verdict is None and it.error is None:
+            self._guard(it, self._decode)
+
+    def _reader(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            if self._db_path is None:
+                return self.conn  # tests that build a Validator by hand
+            from fsq.ledger.db import connect
+            c = connect(self._db_path)
+            self._local.conn = c
+            with self._readers_lock:
+                self._readers.append(c)
+        return c
+
+    # -- the checks (worker thread) ---------------------------------------------------------
+
+    def process_batch(self, items: list[_Item]) -> None:
+        self.metrics.batch(len(items))
         need = [it for it in items if it.tensors is not None and it.error is None]
         if need:
             self.metrics.add("model_calls")
@@ -329,9 +380,15 @@ class Validator:
                     raise RuntimeError(f"classifier returned {len(results)} results for "
                                        f"{len(need)} uploads")
                 for it, (decision, frame) in zip(need, results):
-                    assert it.decoded is not None
-                    it.verdict = clip_verdict(decision, frame, it.decoded,
-                                              self.classifier.model_id, self.cfg)
+                    d = it.decoded
+                    assert d is not None
+                    if (d.incomplete or "").startswith("budget") and not decision.flagged:
+                        # Frames past the pixel budget were not examined: --on-error.
+                        self.metrics.budget_breach("pixels")
+                        it.error = d.incomplete
+                        continue
+                    it.verdict = clip_verdict(decision, frame, d, self.classifier.model_id,
+                                              self.cfg)
             except Exception as exc:
                 log.error("classifier failed on a batch of %d upload(s): %s: %s", len(need),
                           exc.__class__.__name__, " ".join(str(exc).split())[:200])
@@ -359,17 +416,23 @@ class Validator:
         data = it.up.data
         it.sha256, it.md5 = hashes(data)
         it.sniffed = sniff(data)
-        v = precheck(self.conn, it.sha256, it.md5, self.known, use_cache=True)
+        v = precheck(self._reader(), it.sha256, it.md5, self.known, use_cache=True)
         if v is not None and v.method == "cache" and v.outcome == "unreadable":
             v = None  # cheap to decode again, and then the current --unreadable applies
         it.verdict = v
 
     def _decode(self, it: _Item) -> None:
-        """Decode and preprocess (decode pool: Pillow and numpy release the GIL)."""
-        it.decoded, it.verdict = decode_or_verdict(it.up.data, self.cfg)
-        if it.verdict is not None:
+        """Decode (worker process, under the budget) and preprocess (this thread)."""
+        try:
+            it.decoded = self._decoder.decode(it.up.data, decode_request(self.cfg))
+        except Unreadable as exc:
+            if exc.kind == "budget":  # this upload only: --on-error decides, not --unreadable
+                self.metrics.budget_breach(exc.facts.get("budget", "pixels"))
+                it.error = exc.reason
+                return
+            it.verdict = unreadable_verdict(exc.reason, exc.media_type, self.cfg,
+                                            {"decode": exc.kind})
             return
-        assert it.decoded is not None
         it.tensors = [self.classifier.preprocess(f) for f in it.decoded.frames]
         it.decoded.frames = []
 
@@ -512,12 +575,13 @@ class Validator:
             up = Upload(body, ctype, client, iso(), time.time(),
                         secrets.token_hex(6), self._loop.create_future())
             del body
-            try:
-                self._queue.put_nowait(up)
-            except asyncio.QueueFull:
-                # Not checked now; it is not recorded either (the worker is the only writer
-                # and it is the bottleneck): the log line is the record.
+            if self._queue.qsize() + len(self._preparing) >= self.opts.queue:
+                # Waiting = being prepared or queued for the batch (an upload the timeout
+                # policy answered still waits, and is still checked). Not checked now; not
+                # recorded either (the batch thread is the only writer and it is the
+                # bottleneck): the log line is the record.
                 return policy("overload", f" (queue of {self.opts.queue} full)")
+            self.submit(up)
             remaining = self.opts.timeout - (time.monotonic() - t0)
             self._waiting += 1
             try:
@@ -594,7 +658,8 @@ def open_validator(settings: Any, *, classifier: Classifier | None = None) -> Va
         log.warning("no FSQ_SERVE_TOKEN: any local process can call /validate (allowed on "
                     "loopback only)")
     return Validator(conn=conn, classifier=classifier, quarantiner=quarantiner, scan_cfg=cfg,
-                     opts=opts, known=known, run_id=run_id, workers=settings.workers)
+                     opts=opts, known=known, run_id=run_id, workers=settings.workers,
+                     db_path=settings.db, decode_workers=settings.decode_workers)
 
 
 def create_app(validator: Validator) -> Any:
