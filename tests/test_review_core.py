@@ -79,7 +79,7 @@ def test_animation_is_a_strip_of_sampled_frames():
 
 
 def test_undecodable_bytes_have_no_preview():
-    from fsq.decode import Unreadable
+    from fsq.media import Unreadable
     with pytest.raises(Unreadable):
         previews.render_preview(b"\x1a\x45\xdf\xa3 webm-ish bytes", 0)
     with pytest.raises(ValueError):

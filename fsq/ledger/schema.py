@@ -209,6 +209,7 @@ CREATE INDEX lemmy_actions_target ON lemmy_actions(target_kind, target_id);
 -- Incidents opened to preserve files a Lemmy action would destroy (origin 'lemmy-action')
 -- point at the incident that triggered the action.
 ALTER TABLE incidents ADD COLUMN linked_incident_id INTEGER REFERENCES incidents(id);
+"""),
     (3, "review console: review state, queue indexes, audit subject index", r"""
 -- Review console (fsq.review). review_state is the reviewer's latest decision:
 --   needs_review | escalated | to_report | reported | kept | false_positive | cleared
@@ -230,6 +231,7 @@ CREATE INDEX incidents_score ON incidents(review_score);
 CREATE INDEX incidents_review_counts ON incidents(review_state, state);
 -- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
 CREATE INDEX audit_subject ON audit(subject, seq);
+"""),
     (2, "custodian signatures on clearances, hold lifts and destructions", r"""
 -- One signed decision that authorises destruction (fsq.custody.decisions). record is the exact
 -- canonical JSON that was signed; purge re-verifies it and compares it with the other tables

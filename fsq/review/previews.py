@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageFilter
 
-from fsq.decode import Unreadable, decode  # the ONE decoder import of fsq.review
+from fsq.media import Unreadable, decode  # the ONE decoder import of fsq.review
 from fsq.errors import FsqError
 from fsq.ledger import audit
 from fsq.quarantine.release import decrypt_entry
