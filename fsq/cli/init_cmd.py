@@ -18,9 +18,16 @@ from fsq.runtime import private_key_path, public_key_path
               help="Where to write the encrypted private key [FSQ_VAULT_PRIVATE_KEY, "
                    "./keys/vault.key].")
 @passphrase_file_option
+@click.option("--attest-key", "with_attest_key", is_flag=True,
+              help="Also create the attestation signing key for sharing verdicts with peers "
+                   "[FSQ_ATTEST_KEY, ./keys/attest.key] (or later: `fsq attest keygen`).")
+@click.option("--attest-passphrase-file", type=click.Path(dir_okay=False),
+              help="File with the signing key's own passphrase (else FSQ_ATTEST_PASSPHRASE "
+                   "or a prompt).")
 @db_option
 @json_option
-def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
+def init(vault_public_key, vault_private_key, passphrase_file, with_attest_key,
+         attest_passphrase_file, db, as_json):
     """Create the state database and a vault key pair.
 
     The public key is all `fsq scan` needs. The private key is encrypted with your passphrase
@@ -31,6 +38,7 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
     Examples:
       fsq init                                  # prompts for a passphrase
       fsq init --passphrase-file /root/fsq.pass
+      fsq init --attest-key --attest-passphrase-file /root/fsq-attest.pass
     """
     from fsq.quarantine.keys import fingerprint, generate_keypair, load_public_key
     from fsq.secrets import get_passphrase
@@ -52,6 +60,10 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
                      {"fingerprint": fp, "public_key": str(pub), "private_key": str(priv)})
     result = {"db": settings.db, "public_key": str(pub), "private_key": str(priv),
               "fingerprint": fp, "created": created}
+    if with_attest_key:
+        from fsq.cli.attest_cmd import make_signing_key
+        kid, made = make_signing_key(settings, attest_passphrase_file, conn)
+        result["attest_keyid"], result["attest_key_created"] = kid, made
     if as_json:
         echo_json(result)
     else:
@@ -59,6 +71,10 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
         click.echo(f"vault key {'created' if created else 'already present'}: {fp}")
         click.echo(f"  public:  {pub}   (the scanner needs only this)")
         click.echo(f"  private: {priv}   (encrypted; back it up, keep it off the scan host)")
+        if with_attest_key:
+            click.echo(f"attestation signing key "
+                       f"{'created' if result['attest_key_created'] else 'already present'}: "
+                       f"key id {result['attest_keyid']}")
 
 
 @click.group("key")

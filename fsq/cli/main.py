@@ -81,6 +81,8 @@ COMMAND_MODULES = [
     "fsq.cli.purge_cmd",
     "fsq.cli.serve_cmd",
     "fsq.cli.report_cmd",
+    "fsq.cli.attest_cmd",
+    "fsq.cli.peers_cmd",
 ]
 
 
