@@ -368,3 +368,60 @@ def test_signing_key_file_passphrase_and_tamper(tmp_path):
     with pytest.raises(IntegrityError):
         signing_key.load_private(path, Secret("right"))
 
+
+
+def test_daemon_pulls_before_each_pass_and_survives_a_down_peer(pinned, tiny_model, tmp_path):
+    """`fsq scan --daemon` pulls peers first (the statement is used in that very pass); a peer
+    going down later is recorded and scanning goes on."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.fixtures.images import REPO, png_bytes
+    from tests.fixtures.model import concepts_file
+    store = tmp_path / "store"
+    store.mkdir()
+    data = png_bytes(seed=5)
+    (store / "a.png").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    pinned.pages[0] = page(0, [dsse.sign(statement(sha, "safe"), pinned.key)])
+    cfg, ckpt = tiny_model
+    env = dict(os.environ, PYTHONPATH=str(REPO), FSQ_SOURCE=f"file://{store}",
+               FSQ_MODEL=str(cfg), FSQ_PRETRAINED=str(ckpt),
+               FSQ_CONCEPTS=str(concepts_file(tmp_path, -1.0)), FSQ_INTERVAL="1",
+               FSQ_TRUST_SAFE="peers", FSQ_PEERS_TIMEOUT="2")
+    proc = subprocess.Popen([sys.executable, "-m", "fsq", "scan", "--daemon", "--dry-run",
+                             "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    conn = connect("fsq.db")
+
+    def runs() -> int:
+        return conn.execute("SELECT COUNT(*) FROM scan_runs WHERE status='finished'"
+                            ).fetchone()[0]
+    try:
+        deadline = time.time() + 90
+        while runs() < 1:
+            assert time.time() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.2)
+        row = conn.execute("SELECT v.method, v.outcome FROM objects o JOIN verdicts v ON "
+                           "v.id=o.verdict_id WHERE o.key='a.png'").fetchone()
+        assert tuple(row) == ("attestation", "clean")
+        pinned.stop()
+        n = runs()
+        while runs() < n + 2:
+            assert time.time() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.2)
+        err = conn.execute("SELECT last_error FROM peers").fetchone()[0]
+        assert err and "cannot reach" in err
+        proc.send_signal(signal.SIGTERM)
+        out, errtext = proc.communicate(timeout=60)
+    finally:
+        conn.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, errtext
+    assert "peer pull failed" in errtext
+    pinned.restart()  # so the fixture's stop() has a server to stop
