@@ -425,3 +425,15 @@ def test_daemon_pulls_before_each_pass_and_survives_a_down_peer(pinned, tiny_mod
     assert proc.returncode == 0, errtext
     assert "peer pull failed" in errtext
     pinned.restart()  # so the fixture's stop() has a server to stop
+
+
+def test_restart_pull_refetches_without_false_alarms(pinned, fsq):
+    k = pinned.key
+    s1 = dsse.sign(statement(SHA[0], "safe", time=iso(utcnow() - timedelta(minutes=5))), k)
+    s2 = dsse.sign(statement(SHA[0], "unknown", supersedes=sid(s1)), k)
+    pinned.pages[0] = page(0, [s1, s2])
+    assert pull(fsq)[0] == 0
+    before = snapshot()
+    code, out = pull(fsq, "--restart")
+    assert code == 0 and out["pulled"][0]["duplicate"] == 2
+    assert snapshot() == before and rejections(fsq) == []

@@ -229,7 +229,11 @@ def ingest(conn: sqlite3.Connection, peer: sqlite3.Row, envelope: Any, *, via: s
         known = conn.execute("SELECT * FROM peer_statements WHERE peer_id=? AND "
                              "statement_id=?", (peer["id"], st.id)).fetchone()
         if known is not None:
-            if known["revoked_by"] is not None:
+            # The same statement at its own place in the feed (a --restart pull, an export
+            # imported twice) is a duplicate; served again at a new place after its
+            # revocation it is a replay. Either way it cannot un-revoke anything.
+            moved = cursor is not None and known["cursor"] not in (None, cursor)
+            if known["revoked_by"] is not None and moved:
                 raise dsse.Rejected(f"replay of a statement revoked by "
                                     f"{known['revoked_by'][:16]}")
             return "duplicate"
@@ -249,9 +253,10 @@ def ingest(conn: sqlite3.Connection, peer: sqlite3.Row, envelope: Any, *, via: s
         return "rejected"
     conn.execute(
         "INSERT INTO peer_statements (peer_id, statement_id, sha256, md5, verdict, method, "
-        "time, expires, supersedes, received_at, via, envelope) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        "time, expires, supersedes, received_at, via, cursor, envelope) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (peer["id"], st.id, st.sha256, st.md5, st.verdict, st.method, st.time, st.expires,
-         st.supersedes, iso(now), via, raw.decode()))
+         st.supersedes, iso(now), via, cursor, raw.decode()))
     if st.supersedes is not None:
         conn.execute("UPDATE peer_statements SET revoked_by=? WHERE peer_id=? AND "
                      "statement_id=?", (st.id, peer["id"], st.supersedes))

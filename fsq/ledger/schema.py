@@ -239,6 +239,7 @@ CREATE TABLE peer_statements (
     revoked_by   TEXT,
     received_at  TEXT NOT NULL,
     via          TEXT NOT NULL,            -- pull | import
+    cursor       TEXT,                     -- its position in the peer's feed (pull)
     envelope     TEXT NOT NULL,
     UNIQUE (peer_id, statement_id)
 );
