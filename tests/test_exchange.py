@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -228,6 +229,9 @@ def test_published_output_holds_no_keys_aliases_lemmy_text_or_bytes(instance_a, 
     info = instance_a
     feed = urllib.request.urlopen(info["url"] + "/.well-known/fsq/attestations?since=0").read()
     keys = urllib.request.urlopen(info["url"] + "/.well-known/fsq/keys.json").read()
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(info["url"] + "/.well-known/fsq/attestations?since=x")
+    assert ei.value.code == 400
     export = tmp_path / "e.jsonl"
     info["a"].run("attest", "export", str(export))
     texts = [feed, keys, export.read_bytes()]

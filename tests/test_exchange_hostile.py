@@ -437,3 +437,25 @@ def test_restart_pull_refetches_without_false_alarms(pinned, fsq):
     code, out = pull(fsq, "--restart")
     assert code == 0 and out["pulled"][0]["duplicate"] == 2
     assert snapshot() == before and rejections(fsq) == []
+
+
+def test_import_verifies_like_a_pull(pinned, fsq, tmp_path):
+    k = pinned.key
+    header = json.dumps({"fsq_export": 1, "keys": publish.keys_document(
+        k.public_key(), "https://peer.example")}).encode() + b"\n"
+    good = dsse.sign(statement(SHA[0]), k)
+    f = tmp_path / "x.jsonl"
+    f.write_bytes(header + page(0, [good, _flip_payload(dsse.sign(statement(SHA[1]), k))])
+                  + b"garbage\n")
+    r = fsq(["attest", "import", str(f), "--json"])
+    assert r.exit_code == 4
+    res = json.loads(r.stdout)
+    assert (res["accepted"], res["rejected"]) == (1, 2)
+    assert {"bad signature" in x["reason"] or "not a statement record" in x["reason"]
+            for x in rejections(fsq)} == {True}
+    # An export signed by a key nobody pinned is refused outright.
+    other = tmp_path / "y.jsonl"
+    other.write_bytes(json.dumps({"fsq_export": 1, "keys": publish.keys_document(
+        Ed25519PrivateKey.generate().public_key(), None)}).encode() + b"\n")
+    r = fsq(["attest", "import", str(other)])
+    assert r.exit_code == 2 and "no peer has pinned" in r.stderr
