@@ -169,10 +169,13 @@ def test_bad_statements_are_recorded_and_skipped_the_rest_is_used(pinned, fsq):
     extra_field["predicate"]["storage_key"] = "aa/bb/smuggled.png"
     expired = statement(SHA[6], time=iso(utcnow() - timedelta(days=2)))
     expired["predicate"]["expires"] = iso(utcnow() - timedelta(days=1))
+    deep = {**good1, "payload": base64.b64encode(b"[" * 9000).decode()}
+    deep = {**deep, "signatures": [{"keyid": dsse.keyid(k), "sig": base64.b64encode(k.sign(
+        dsse.pae(dsse.PAYLOAD_TYPE, b"[" * 9000))).decode()}]}   # signed, but a JSON bomb
     envs = [good1, _flip_payload(dsse.sign(statement(SHA[2]), k)),
             _flip_sig(dsse.sign(statement(SHA[2]), k)), forged, lying, future,
             dsse.sign(bad_subject, k), dsse.sign(extra_field, k), dsse.sign(expired, k),
-            "not an envelope", good2]
+            "not an envelope", deep, good2]
     pinned.pages[0] = page(0, envs)
     code, out = pull(fsq)
     assert code == 4, out
@@ -184,6 +187,7 @@ def test_bad_statements_are_recorded_and_skipped_the_rest_is_used(pinned, fsq):
     reasons = [r["reason"] for r in rejections(fsq)]
     assert len(reasons) == len(envs) - 2
     for needle in ("bad signature", "not signed by the pinned key", "in the future",
+                   "payload is not JSON",
                    "subject digest sha256", "unknown fields", "expired", "not a DSSE"):
         assert any(needle in r for r in reasons), (needle, reasons)
     assert sum("bad signature" in r for r in reasons) == 3   # payload, sig, lying key id
@@ -230,11 +234,13 @@ def _bad_responses(k):
         "backwards": record(1, good) + record(1, good) + end(2),
         "after-end": end(1) + rec,
         "no-cursor": json.dumps({"dsse": good}).encode() + b"\n" + end(1),
+        "nested": b"[" * 20000 + b"\n" + end(1),
     }
 
 
 @pytest.mark.parametrize("case", ["huge", "huge-no-length", "too-many", "not-json",
-                                  "truncated", "empty", "backwards", "after-end", "no-cursor"])
+                                  "truncated", "empty", "backwards", "after-end", "no-cursor",
+                                  "nested"])
 def test_bad_response_is_refused_recorded_and_pull_resumes(pinned, fsq, monkeypatch, case):
     monkeypatch.setenv("FSQ_PEERS_MAX_RESPONSE_BYTES", "8192")
     monkeypatch.setenv("FSQ_PEERS_MAX_STATEMENTS", "2")

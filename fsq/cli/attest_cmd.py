@@ -199,6 +199,12 @@ def serve_cmd(listen, key_path, db):
       # nginx: location /.well-known/fsq/ { proxy_pass http://127.0.0.1:14052; }
     """
     from fsq.exchange import http, signing_key
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("`fsq attest serve` needs the serve extra: pip install "
+                          "'fsq[serve]'") from None
     settings = load(attest_listen=listen, attest_key=key_path, db=db)
     open_db(settings, create=False).close()  # migrated and present before serving
     pub = signing_key.load_public(signing_key_path(settings))

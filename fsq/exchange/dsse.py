@@ -260,7 +260,7 @@ def verify(envelope: Any, public_key: Ed25519PublicKey, *, now: datetime | None 
             from None
     try:
         st = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise Rejected("payload is not JSON") from None
     p = validate_statement(st, now=now)
     d = st["subject"][0]["digest"]

@@ -148,7 +148,7 @@ def add_peer(conn: sqlite3.Connection, url: str, key_id: str, *,
         try:
             keys_doc = json.loads(fetch(url + KEYS_PATH, PullLimits(64 * 1024, 1,
                                                                     limits.timeout)))
-        except (PageRefused, ValueError):
+        except (PageRefused, ValueError, RecursionError):
             raise UsageError(f"{url}{KEYS_PATH} is not an fsq keys document") from None
     pub = find_key(keys_doc, kid)
     with transaction(conn):
@@ -299,7 +299,7 @@ def parse_page(data: bytes, since: int, limits: PullLimits) -> tuple[list[tuple[
             raise PageRefused(f"line {n} is longer than a statement can be")
         try:
             obj = json.loads(line)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise PageRefused(f"line {n} is not JSON") from None
         if end is not None:
             raise PageRefused("data after the end record")
@@ -393,7 +393,7 @@ def import_lines(conn: sqlite3.Connection, lines: Iterable[bytes], *,
     it = iter(lines)
     try:
         header = json.loads(next(it))
-    except (StopIteration, ValueError, UnicodeDecodeError):
+    except (StopIteration, ValueError, UnicodeDecodeError, RecursionError):
         raise UsageError("not an fsq attestation export (no header line)") from None
     if not isinstance(header, dict) or header.get("fsq_export") != 1:
         raise UsageError("not an fsq attestation export (bad header)")
@@ -416,7 +416,7 @@ def import_lines(conn: sqlite3.Connection, lines: Iterable[bytes], *,
                 continue
             try:
                 obj = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 obj = None
             if isinstance(obj, dict) and obj.get("end") is True:
                 continue
@@ -434,5 +434,5 @@ def keys_doc_from_export(first_line: bytes) -> Any:
     try:
         header = json.loads(first_line)
         return header["keys"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise UsageError("not an fsq attestation export (no keys in the header)") from None

@@ -90,7 +90,7 @@ def _parse(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read signing key {path}: {e.strerror or e}") from None
     try:
         doc = json.loads(data.decode("utf-8")) if len(data) <= _MAX else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         doc = None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an fsq attestation signing key; {_HINT}")
