@@ -260,7 +260,7 @@ def ingest(conn: sqlite3.Connection, peer: sqlite3.Row, envelope: Any, *, via: s
     if st.supersedes is not None:
         conn.execute("UPDATE peer_statements SET revoked_by=? WHERE peer_id=? AND "
                      "statement_id=?", (st.id, peer["id"], st.supersedes))
-        _stop_applying(conn, st.supersedes)
+        _stop_applying(conn, st.sha256, st.supersedes)
     return "accepted"
 
 
@@ -271,14 +271,15 @@ def _maybe_id(envelope: Any) -> str | None:
         return None
 
 
-def _stop_applying(conn: sqlite3.Connection, statement_id: str) -> None:
+def _stop_applying(conn: sqlite3.Connection, sha256: str, statement_id: str) -> None:
     """Objects whose verdict came from a statement that is now revoked are looked at again by
     the next scan (their status goes back to pending; a quarantined one stays in the vault for
     a person to decide)."""
     conn.execute(
         "UPDATE objects SET status='pending', reason='peer attestation revoked; scan again' "
-        "WHERE status IN ('clean','review') AND verdict_id IN (SELECT id FROM verdicts WHERE "
-        "method='attestation' AND json_extract(details, '$.statement') = ?)", (statement_id,))
+        "WHERE sha256=? AND status IN ('clean','review') AND verdict_id IN (SELECT id FROM "
+        "verdicts WHERE sha256=? AND method='attestation' AND "
+        "json_extract(details, '$.statement') = ?)", (sha256, sha256, statement_id))
 
 
 def parse_page(data: bytes, since: int, limits: PullLimits) -> tuple[list[tuple[str, Any]],

@@ -244,6 +244,8 @@ CREATE TABLE peer_statements (
     UNIQUE (peer_id, statement_id)
 );
 CREATE INDEX peer_statements_sha256 ON peer_statements(sha256);
+CREATE INDEX peer_statements_supersedes ON peer_statements(peer_id, supersedes);
+CREATE INDEX peer_statements_subject ON peer_statements(peer_id, sha256, time);
 
 -- What was refused, and why (statements and whole responses).
 CREATE TABLE peer_rejections (
