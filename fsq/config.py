@@ -206,7 +206,8 @@ SETTINGS: tuple[Setting, ...] = (
       "failure is reported; the purge itself stands.", "false",
       group="retention"),
     S("instance_url", None, _opt_str,
-      "Public URL of the Lemmy instance (used for links in reports).",
+      "Public URL of the Lemmy instance (used for links in reports, and named in the "
+      "attestations `fsq attest publish` signs).",
       "https://lemmy.example", group="reports"),
     # S3
     S("s3_endpoint", None, _opt_str,

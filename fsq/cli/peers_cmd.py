@@ -57,7 +57,7 @@ def list_cmd(db, as_json):
       fsq peers list --json
     """
     from fsq.exchange.peers import list_peers
-    rows = list_peers(open_db(load(db=db)))
+    rows = list_peers(open_db(load(db=db), create=False))
     if as_json:
         echo_json(rows)
     elif not rows:

@@ -50,7 +50,8 @@ def on_human_decision(conn: sqlite3.Connection, incident_id: int, verdict: str,
                       reviewer: str) -> int:
     """Record a person's decision about an incident's content ("safe" = false positive,
     "unsafe" = confirmed) for the next `fsq attest publish`. Returns the decision id.
-    Needs no key: signing happens at publish time (the signing key is passphrase-protected)."""
+    Needs no key: signing happens at publish time (the signing key is passphrase-protected).
+    Plain INSERT: call it inside the transaction that records the decision itself."""
     if verdict not in ("safe", "unsafe"):
         raise UsageError("a human decision is 'safe' or 'unsafe'")
     row = conn.execute("SELECT sha256, md5 FROM incidents WHERE id=?", (incident_id,)).fetchone()
