@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import logging
 import os
 from typing import Any
 
@@ -41,6 +42,7 @@ from fsq.secrets import Secret
 
 FORMAT = "fsq-attest-signing-key"
 VERSION = 1
+log = logging.getLogger(__name__)
 _FIELDS = {"format", "version", "kdf", "aead", "check", "nonce", "ciphertext", "public_key",
            "keyid"}
 _MAX = 64 * 1024
@@ -137,4 +139,7 @@ def load_private(path: str | os.PathLike[str], passphrase: Secret) -> Ed25519Pri
     key = Ed25519PrivateKey.from_private_bytes(seed)
     if not hmac.compare_digest(raw_public(key), base64.b64decode(doc["public_key"])):
         raise IntegrityError(f"signing key {path} does not match its public key")
+    if vault_keys._is_weak(doc["kdf"]):
+        log.warning("signing key %s uses weak key-derivation costs (made with "
+                    "FSQ_TESTONLY_WEAKEN_KDF?); make a new key for production use", path)
     return key
