@@ -228,7 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
       "failure is reported; the purge itself stands.", "false",
       group="retention"),
     S("instance_url", None, _opt_str,
-      "Public URL of the Lemmy instance (used for links in reports).",
+      "Public URL of the Lemmy instance (used for links in reports, and named in the "
+      "attestations `fsq attest publish` signs).",
       "https://lemmy.example", group="reports"),
     # Lemmy API (moderation follow-up: fsq lemmy ...)
     S("lemmy_url", None, _opt_str,
@@ -305,6 +306,34 @@ SETTINGS: tuple[Setting, ...] = (
     S("review_allowed_hosts", (), _paths,
       "Extra Host names (comma-separated HOST or HOST:PORT) the console answers to, e.g. the "
       "name of a TLS proxy in front of `fsq review --allow-remote`.", "", group="review"),
+    # shared verdicts between instances (fsq attest / fsq peers, docs/federation.md)
+    S("attest_key", None, _opt_str,
+      "This instance's passphrase-encrypted Ed25519 signing key for attestations (separate "
+      "from the vault key). Empty = ./keys/attest.key.", "", group="exchange"),
+    S("attest_passphrase", None, _opt_str,
+      "Passphrase of the signing key. Prefer --passphrase-file or the prompt.", "",
+      secret=True, group="exchange"),
+    S("attest_publish_model", False, _bool,
+      "Also publish model verdicts (default: only human-reviewed safe/unsafe ones).", "false",
+      group="exchange"),
+    S("attest_listen", "127.0.0.1:14052", _listen,
+      "Listen address of `fsq attest serve` (/.well-known/fsq/...).", "127.0.0.1:14052",
+      group="exchange"),
+    S("trust_safe", "off", _choice("off", "peers"),
+      "peers = a trusted peer's human 'safe' statement about the exact sha256 records the "
+      "file clean without the model (method attestation); off = always run the model.", "off",
+      group="exchange"),
+    S("trust_unsafe", "review", _choice("review", "quarantine", "off"),
+      "A trusted peer's 'unsafe' statement: review = flag for a person with priority, never "
+      "quarantine by itself; quarantine = quarantine on a peer's human verdict; off = ignore.",
+      "review", group="exchange"),
+    S("peers_max_response_bytes", 8 * 1024 * 1024, _int_min(1024),
+      "Largest peer response accepted by `fsq peers pull`; bigger is refused.", "8388608",
+      group="exchange"),
+    S("peers_max_statements", 1000, _int_min(1),
+      "Most statements accepted in one peer response page.", "1000", group="exchange"),
+    S("peers_timeout", 10.0, _float_min(0.1), "Seconds a peer may take to answer.", "10",
+      group="exchange"),
 )
 del S
 
@@ -478,6 +507,7 @@ _GROUP_TITLES = {
     "serve": "Upload-time checking (fsq serve, pict-rs external validation)",
     "lemmy": "Lemmy API: moderation follow-up (fsq lemmy ...)",
     "review": "Review console (fsq review, fsq export)",
+    "exchange": "Shared verdicts between instances (fsq attest, fsq peers)",
 }
 
 

@@ -122,6 +122,8 @@ class ScanConfig:
     # Everything that can change a verdict, recorded with each run; a difference from the
     # previous run of the same source is audited as settings.changed.
     decision_settings: dict[str, Any] = field(default_factory=dict)
+    # Peer attestations (fsq.exchange.trust.TrustPolicy): (conn, sha256, md5) -> verdict|None
+    trust: Callable[..., state.VerdictRecord | None] | None = None
 
 
 @dataclass
@@ -243,7 +245,7 @@ class Scanner:
         item.data = data
         item.sha256, item.md5 = hashes(data)
         item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
-                                use_cache=not self.cfg.rescan)
+                                use_cache=not self.cfg.rescan, trust=self.cfg.trust)
         if (item.verdict is not None and item.verdict.method == "cache"
                 and item.verdict.outcome == "unreadable" and self.cfg.unreadable == "flag"):
             item.verdict = None  # the policy changed since: unreadable content now flags
@@ -412,7 +414,12 @@ class Scanner:
             s.problems.append({"key": key, "status": "unreadable", "reason": v.reason or ""})
         elif v.outcome == "flagged":
             s.flagged += 1
-            if not self.cfg.dry_run and self.actor is not None:
+            if (v.details or {}).get("review_only"):
+                # A peer's unsafe statement asks a person first; never quarantined by itself
+                # (status 'review' also keeps `fsq apply` away from it).
+                state.set_object_result(self.conn, it.object_id, status="review",
+                                        reason=v.reason)
+            elif not self.cfg.dry_run and self.actor is not None:
                 # The verdict and incident are durable before the move starts; the journal
                 # runs its own transactions.
                 self._commit()
@@ -444,10 +451,12 @@ class Scanner:
 # --- steps shared with the upload-time server (fsq.server.validate) ----------------------------
 
 def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str], *,
-             use_cache: bool = True) -> state.VerdictRecord | None:
+             use_cache: bool = True, trust: Callable[..., state.VerdictRecord | None] | None
+             = None) -> state.VerdictRecord | None:
     """The checks that decide without decoding, in order: allowlist (released content is never
-    flagged again), known-hash lists (flag without the model), and, with ``use_cache``, the
-    latest conclusive verdict for identical content. None = decode and classify."""
+    flagged again), known-hash lists (flag without the model), trusted peers' attestations
+    (``trust``), and, with ``use_cache``, the latest conclusive verdict for identical content.
+    None = decode and classify."""
     if state.is_allowlisted(db, sha256):
         return state.VerdictRecord("clean", "allowlist",
                                    "content is allowlisted (released earlier)")
@@ -456,6 +465,10 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
         matched = "sha256" if sha256 in known else "md5"
         return state.VerdictRecord("flagged", "hash-list", f"{matched} listed in {hit}",
                                    details={"hash_list": hit, "matched": matched})
+    if trust is not None:
+        attested = trust(db, sha256, md5)
+        if attested is not None:
+            return attested
     if use_cache:
         cached = state.cached_verdict(db, sha256)
         if cached is not None:

@@ -48,7 +48,9 @@ def build_classifier(settings: Settings, concepts=None):
 def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
                 concepts=None) -> ScanConfig:
     from fsq.classify.rule import RULE_VERSION
+    from fsq.exchange.trust import TrustPolicy
     cs = concepts if concepts is not None else load_concept_set(settings)
+    trust = TrustPolicy(safe=settings.trust_safe, unsafe=settings.trust_unsafe)
     return ScanConfig(
         dry_run=dry_run, rescan=rescan, unreadable=settings.unreadable,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
@@ -57,7 +59,8 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         decode_pixels=settings.decode_pixels,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
         severity=settings.severity, rule_version=RULE_VERSION,
-        decision_settings=decision_settings(settings, cs.digest, RULE_VERSION))
+        decision_settings=decision_settings(settings, cs.digest, RULE_VERSION),
+        trust=trust if trust.active else None)
 
 
 def _file_digest(path: str) -> str | None:
@@ -79,7 +82,20 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "decode_pixels": settings.decode_pixels, "decode_seconds": settings.decode_seconds,
         "max_bytes": settings.max_bytes,
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
+        "trust_safe": settings.trust_safe, "trust_unsafe": settings.trust_unsafe,
     }
+
+
+def signing_key_path(settings: Settings) -> Path:
+    return Path(settings.attest_key).expanduser() if settings.attest_key \
+        else DEFAULT_KEY_DIR / "attest.key"
+
+
+def pull_limits(settings: Settings):
+    from fsq.exchange.peers import PullLimits
+    return PullLimits(max_bytes=settings.peers_max_response_bytes,
+                      max_statements=settings.peers_max_statements,
+                      timeout=settings.peers_timeout)
 
 
 def build_quarantiner(settings: Settings):

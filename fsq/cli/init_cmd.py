@@ -18,9 +18,16 @@ from fsq.runtime import private_key_path, public_key_path
               help="Where to write the encrypted private key [FSQ_VAULT_PRIVATE_KEY, "
                    "./keys/vault.key].")
 @passphrase_file_option
+@click.option("--attest-key", "with_attest_key", is_flag=True,
+              help="Also create the attestation signing key for sharing verdicts with peers "
+                   "[FSQ_ATTEST_KEY, ./keys/attest.key] (or later: `fsq attest keygen`).")
+@click.option("--attest-passphrase-file", type=click.Path(dir_okay=False),
+              help="File with the signing key's own passphrase (else FSQ_ATTEST_PASSPHRASE "
+                   "or a prompt).")
 @db_option
 @json_option
-def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
+def init(vault_public_key, vault_private_key, passphrase_file, with_attest_key,
+         attest_passphrase_file, db, as_json):
     """Create the state database, a vault key pair and the custodian signing key.
 
     The public key is all `fsq scan` needs. The private key is encrypted with your passphrase
@@ -33,6 +40,7 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
     Examples:
       fsq init                                  # prompts for a passphrase
       fsq init --passphrase-file /root/fsq.pass
+      fsq init --attest-key --attest-passphrase-file /root/fsq-attest.pass
     """
     from fsq.quarantine.keys import fingerprint, generate_keypair, load_public_key
     from fsq.secrets import get_passphrase
@@ -62,6 +70,10 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
     result = {"db": settings.db, "public_key": str(pub), "private_key": str(priv),
               "fingerprint": fp, "created": created, "custodian_public_key": str(cpub),
               "custodian_fingerprint": custodian_fp}
+    if with_attest_key:
+        from fsq.cli.attest_cmd import make_signing_key
+        kid, made = make_signing_key(settings, attest_passphrase_file, conn)
+        result["attest_keyid"], result["attest_key_created"] = kid, made
     if as_json:
         echo_json(result)
     else:
@@ -74,6 +86,10 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
         else:
             click.echo("custodian key missing: run `fsq key custodian-init` (clear, hold lift "
                        "and purge need it)")
+        if with_attest_key:
+            click.echo(f"attestation signing key "
+                       f"{'created' if result['attest_key_created'] else 'already present'}: "
+                       f"key id {result['attest_keyid']}")
 
 
 def _make_custodian(conn, settings, pw) -> str:

@@ -101,6 +101,8 @@ COMMAND_MODULES = [
     "fsq.cli.lemmy_cmd",
     "fsq.cli.review_cmd",
     "fsq.cli.custody_cmd",
+    "fsq.cli.attest_cmd",
+    "fsq.cli.peers_cmd",
 ]
 
 

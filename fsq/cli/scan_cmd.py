@@ -116,6 +116,8 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
         signal.signal(signal.SIGINT, _on_signal)
     try:
         while True:
+            if daemon:
+                _pull_peers(conn, settings)
             summary = scanner.run_pass()
             if actor is not None and summary.status == "finished":
                 # Flagged earlier but not yet quarantined (dry runs, failed moves): act now.
@@ -138,6 +140,22 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
         raise Exit(130 if not daemon else 0)
     if summary.quarantine_failed:
         raise Exit(3)
+
+
+def _pull_peers(conn, settings) -> None:
+    """Daemon: fetch trusted peers' new statements before each pass. A failing peer is
+    recorded (`fsq peers list`) and logged; it never stops scanning."""
+    from fsq.exchange.peers import pull_all
+    from fsq.runtime import pull_limits
+    if conn.execute("SELECT 1 FROM peers LIMIT 1").fetchone() is None:
+        return
+    done, failed = pull_all(conn, pull_limits(settings))
+    for r in done:
+        if r["accepted"] or r["rejected"]:
+            log.info("peer %s: %d new statement(s), %d rejected", r["url"], r["accepted"],
+                     r["rejected"])
+    for f in failed:
+        log.warning("peer pull failed: %s", f["error"])
 
 
 COMMANDS = [scan]

@@ -248,6 +248,88 @@ CREATE TABLE custody_signatures (
 );
 CREATE INDEX custody_signatures_incident ON custody_signatures(incident_id, kind);
 """),
+    (9, "attestations and peers", r"""
+-- Shared verdicts (fsq.exchange, docs/federation.md).
+-- A local human (or, if published, model) decision about content; statement_id is set once
+-- a signed statement covers it. ref makes derivation from the audit log idempotent.
+CREATE TABLE attest_decisions (
+    id           INTEGER PRIMARY KEY,
+    sha256       TEXT NOT NULL,
+    md5          TEXT,
+    verdict      TEXT NOT NULL,            -- safe | unsafe
+    method       TEXT NOT NULL,            -- human | model
+    reviewer     TEXT,
+    incident_id  INTEGER,
+    origin       TEXT NOT NULL,            -- release | reported | console | model
+    ref          TEXT NOT NULL,
+    decided_at   TEXT NOT NULL,
+    details      TEXT NOT NULL DEFAULT '{}',
+    statement_id TEXT,
+    UNIQUE (origin, ref)
+);
+CREATE INDEX attest_decisions_pending ON attest_decisions(statement_id, sha256);
+
+-- Statements this instance signed; seq is the feed cursor (never reused).
+CREATE TABLE attest_statements (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           TEXT NOT NULL UNIQUE,     -- sha256 of the payload
+    sha256       TEXT NOT NULL,
+    verdict      TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    time         TEXT NOT NULL,
+    supersedes   TEXT,
+    keyid        TEXT NOT NULL,
+    envelope     TEXT NOT NULL
+);
+CREATE INDEX attest_statements_sha256 ON attest_statements(sha256);
+
+-- Trusted peers: the key is pinned when the peer is added.
+CREATE TABLE peers (
+    id           INTEGER PRIMARY KEY,
+    url          TEXT NOT NULL UNIQUE,
+    keyid        TEXT NOT NULL,
+    public_key   TEXT NOT NULL,
+    added_at     TEXT NOT NULL,
+    cursor       TEXT NOT NULL DEFAULT '0',
+    last_pull_at TEXT,
+    last_ok_at   TEXT,
+    last_error   TEXT
+);
+
+-- Verified statements received from peers.
+CREATE TABLE peer_statements (
+    id           INTEGER PRIMARY KEY,
+    peer_id      INTEGER NOT NULL REFERENCES peers(id) ON DELETE CASCADE,
+    statement_id TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    md5          TEXT,
+    verdict      TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    time         TEXT NOT NULL,
+    expires      TEXT,
+    supersedes   TEXT,
+    revoked_by   TEXT,
+    received_at  TEXT NOT NULL,
+    via          TEXT NOT NULL,            -- pull | import
+    cursor       TEXT,                     -- its position in the peer's feed (pull)
+    envelope     TEXT NOT NULL,
+    UNIQUE (peer_id, statement_id)
+);
+CREATE INDEX peer_statements_sha256 ON peer_statements(sha256);
+CREATE INDEX peer_statements_supersedes ON peer_statements(peer_id, supersedes);
+CREATE INDEX peer_statements_subject ON peer_statements(peer_id, sha256, time);
+
+-- What was refused, and why (statements and whole responses).
+CREATE TABLE peer_rejections (
+    id           INTEGER PRIMARY KEY,
+    peer_id      INTEGER REFERENCES peers(id) ON DELETE CASCADE,
+    at           TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    cursor       TEXT,
+    statement_id TEXT,
+    data_sha256  TEXT
+);
+"""),
 ]
 
 # Applied in version order whatever order the entries are listed in.

@@ -20,7 +20,8 @@ from fsq.ledger.db import transaction
 from fsq.names import db_key
 from fsq.timeutil import iso
 
-FINAL_STATUSES = ("clean", "flagged", "unreadable", "quarantined", "released", "skipped")
+FINAL_STATUSES = ("clean", "flagged", "unreadable", "quarantined", "released", "skipped",
+                  "review")
 
 
 @dataclass
@@ -102,10 +103,11 @@ def insert_verdict(conn: sqlite3.Connection, sha256: str, v: VerdictRecord) -> i
 
 def cached_verdict(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
     """Latest conclusive verdict for identical content (any key), so it is not classified
-    again. Errors are not conclusive."""
+    again. Errors are not conclusive, and neither are peer attestations (method
+    'attestation'): they apply only while the statement does (fsq.exchange.trust)."""
     return conn.execute(
         "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged','unreadable') "
-        "ORDER BY id DESC LIMIT 1", (sha256,)).fetchone()
+        "AND method != 'attestation' ORDER BY id DESC LIMIT 1", (sha256,)).fetchone()
 
 
 def get_verdict(conn: sqlite3.Connection, verdict_id: int) -> sqlite3.Row | None:

@@ -121,6 +121,11 @@ def decide(conn: sqlite3.Connection, incident_id: int, decision: str, *, reason:
         if new_state is not None:
             conn.execute("UPDATE incidents SET review_state=?, reviewed_at=?, reviewed_by=? "
                          "WHERE id=?", (new_state, iso(now), reviewer, incident_id))
+        if decision == "confirm":
+            # A person's confirmation is what peers may trust (published by `fsq attest
+            # publish`; a false positive reaches it through the `released` audit event).
+            from fsq.exchange.publish import on_human_decision
+            on_human_decision(conn, incident_id, "unsafe", reviewer)
         audit.append(conn, "review.decided", f"incident:{incident_id}",
                      {"decision": decision, "reason": reason, "reviewer": reviewer,
                       "previous": row["review_state"], "review_state":
