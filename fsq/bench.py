@@ -245,7 +245,7 @@ def run_e2e(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_model_only(spec: dict[str, Any]) -> dict[str, Any]:
-    from fsq.decode import decode
+    from fsq.media import decode
     from fsq.runtime import build_classifier
     settings = _settings(spec)
     clf = build_classifier(settings)

@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from fsq.errors import ConfigError
 
@@ -106,6 +105,7 @@ class Setting:
     example: str = ""         # value shown in env_example
     secret: bool = False      # never printed; "url" secrets are printed with the password masked
     group: str = "general"
+    url: bool = False         # a connection string: shown with only its password masked
 
     @property
     def env(self) -> str:
@@ -150,6 +150,17 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_pixels", 64_000_000, _int_min(1),
       "Decompression-bomb guard: images claiming more pixels are unreadable.", "64000000",
       group="scan"),
+    S("decode_workers", 2, _int_min(1),
+      "Decode worker processes (fsq scan and fsq serve). A file that overruns its budget "
+      "costs one worker, which is killed and replaced.", "2", group="scan"),
+    S("decode_seconds", 10.0, _float_min(0.1),
+      "CPU seconds one file may take to decode; over it the worker is killed and the file is "
+      "unreadable (scan) or follows --on-error (serve). Wall-clock limit: this + 1.5 s.", "10",
+      group="scan"),
+    S("decode_pixels", 1_000_000_000, _int_min(1),
+      "Pixels one file may make a decoder produce: logical screen x frames walked (animated "
+      "GIF/WebP/APNG composite every earlier frame). Frames past it are not examined.",
+      "1000000000", group="scan"),
     S("max_bytes", 200 * 1024 * 1024, _int_min(1),
       "Files larger than this are not fetched (status error, reason too large).", "209715200",
       group="scan"),
@@ -185,6 +196,15 @@ SETTINGS: tuple[Setting, ...] = (
       "a person's clearance (`fsq clear`) and no active hold (`fsq hold`), and holds keep "
       "evidence longer whatever this says. Check your own jurisdiction; not legal advice.",
       "365", group="retention"),
+    S("audit_witness", None, _opt_str,
+      "Where to append the audit chain head (seq, hash, time, signature) after every command "
+      "that wrote audit rows: a file path, s3://bucket/prefix (Object Lock bucket "
+      "recommended) or syslog://host:514. `fsq audit verify --witness` then detects a "
+      "truncated or rewritten log. Keep it where database writers cannot rewrite it.", "",
+      group="retention"),
+    S("audit_witness_interval", 300.0, _float_min(1.0),
+      "Seconds between witnessed heads in `fsq serve` (only when the log grew).", "300",
+      group="retention"),
     # reports and linkage
     S("reports_dir", "./reports", _str, "Where `fsq report` writes HTML reports.",
       "./reports", group="reports"),
@@ -192,10 +212,12 @@ SETTINGS: tuple[Setting, ...] = (
       "Directory of Jinja2 templates overriding the shipped ones.", "", group="reports"),
     S("lemmy_database_url", None, _opt_str,
       "Lemmy PostgreSQL URL (read-only use), for linking files to posts and accounts.",
-      "postgresql://lemmy_ro:PASSWORD@localhost:5432/lemmy", secret=True, group="reports"),
+      "postgresql://lemmy_ro:PASSWORD@localhost:5432/lemmy", secret=True, group="reports",
+      url=True),
     S("pictrs_database_url", None, _opt_str,
       "pict-rs 0.5 PostgreSQL repo URL (read-only use).",
-      "postgresql://pictrs_ro:PASSWORD@localhost:5432/pictrs", secret=True, group="reports"),
+      "postgresql://pictrs_ro:PASSWORD@localhost:5432/pictrs", secret=True, group="reports",
+      url=True),
     S("pictrs_url", None, _opt_str, "pict-rs base URL for its internal API.",
       "http://127.0.0.1:8080", group="reports"),
     S("pictrs_api_key", None, _opt_str, "pict-rs PICTRS__SERVER__API_KEY.", "", secret=True,
@@ -208,6 +230,20 @@ SETTINGS: tuple[Setting, ...] = (
     S("instance_url", None, _opt_str,
       "Public URL of the Lemmy instance (used for links in reports).",
       "https://lemmy.example", group="reports"),
+    # Lemmy API (moderation follow-up: fsq lemmy ...)
+    S("lemmy_url", None, _opt_str,
+      "Lemmy base URL for moderation actions (`fsq lemmy remove|ban|purge`); the API version "
+      "(0.19: /api/v3, 1.0: /api/v4) is detected from GET /site.", "https://lemmy.example",
+      group="lemmy"),
+    S("lemmy_jwt", None, _opt_str,
+      "JWT of a Lemmy admin account (Authorization: Bearer). Or set FSQ_LEMMY_USERNAME and "
+      "FSQ_LEMMY_PASSWORD to log in for each command.", "", secret=True, group="lemmy"),
+    S("lemmy_username", None, _opt_str, "Lemmy admin user name or email, for a login.", "",
+      group="lemmy"),
+    S("lemmy_password", None, _opt_str, "Password of FSQ_LEMMY_USERNAME.", "", secret=True,
+      group="lemmy"),
+    S("lemmy_timeout", 30.0, _float_min(1.0), "Seconds to wait for each Lemmy API answer.",
+      "30", group="lemmy"),
     # S3
     S("s3_endpoint", None, _opt_str,
       "S3 endpoint URL for non-AWS stores (MinIO, Garage, ...).", "", group="s3"),
@@ -244,6 +280,31 @@ SETTINGS: tuple[Setting, ...] = (
       "64", group="serve"),
     S("serve_batch_wait_ms", 10, _int_min(0),
       "Milliseconds to gather concurrent uploads into one batch.", "10", group="serve"),
+    S("serve_header_timeout", 10.0, _float_min(0.1),
+      "Seconds a connection may take to send its request headers, else it is closed.", "10",
+      group="serve"),
+    S("serve_body_timeout", 15.0, _float_min(0.1),
+      "Seconds a request may take to send its whole body, else 408.", "15", group="serve"),
+    S("serve_max_connections", 1024, _int_min(16),
+      "Open connections at most; over it the oldest that sent no request is closed.", "1024",
+      group="serve"),
+    # review console
+    S("review_listen", "127.0.0.1:8750", _listen,
+      "Listen address of `fsq review` (anything but loopback needs --allow-remote).",
+      "127.0.0.1:8750", group="review"),
+    S("review_reviewer", None, _opt_str,
+      "Reviewer name recorded with every view and decision; empty = the OS user@host.", "",
+      group="review"),
+    S("review_idle_minutes", 15.0, _float_min(0.01),
+      "Minutes without a request after which a review session locks.", "15", group="review"),
+    S("review_blur", True, _bool,
+      "Blur the first preview step of every file (reviewer wellbeing; turning it off makes "
+      "every preview count as a view of the file).", "true", group="review"),
+    S("review_grayscale", True, _bool,
+      "Show the first two preview steps in grayscale.", "true", group="review"),
+    S("review_allowed_hosts", (), _paths,
+      "Extra Host names (comma-separated HOST or HOST:PORT) the console answers to, e.g. the "
+      "name of a TLS proxy in front of `fsq review --allow-remote`.", "", group="review"),
 )
 del S
 
@@ -301,16 +362,11 @@ def _parse(s: Setting, raw: str, where: str) -> Any:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password (and only the password) of a URL like postgresql://u:p@h/db."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=userinfo + "@" + netloc[1]))
+    """Hide the credentials of a URL or DSN (kept for callers; it is ``mask_secrets``, the one
+    masking function: userinfo password, credential query parameters, libpq ``password=``,
+    registered secret values)."""
+    from fsq.secrets import mask_secrets
+    return mask_secrets(url)
 
 
 class Settings:
@@ -348,7 +404,9 @@ class Settings:
         for s in SETTINGS:
             v = self._values[s.name]
             if s.secret and v is not None:
-                v = mask_url(v) if "://" in str(v) else "***"
+                # Only a connection string keeps its shape; any other secret (a passphrase
+                # with "://" in it, a token, an API key) is hidden whole.
+                v = mask_url(str(v)) if s.url else "***"
             if isinstance(v, tuple):
                 v = list(v)
             out[s.env] = v
@@ -398,6 +456,10 @@ def load_settings(
     unknown = set(overrides) - set(_BY_NAME)
     if unknown:  # a programming error in a CLI command, not a user error
         raise KeyError(f"unknown override(s): {sorted(unknown)}")
+    from fsq.secrets import register_secret, register_url_secret
+    for s in SETTINGS:  # so mask_secrets hides them in every output, whatever their shape
+        if s.secret and values[s.name]:
+            (register_url_secret if s.url else register_secret)(values[s.name])
     return Settings(values, origins)
 
 
@@ -414,6 +476,8 @@ _GROUP_TITLES = {
     "retention": "Retention, legal hold and purge", "reports": "Reports and Lemmy/pict-rs linkage",
     "s3": "S3-compatible object storage (source or vault)", "sftp": "SSH/SFTP source",
     "serve": "Upload-time checking (fsq serve, pict-rs external validation)",
+    "lemmy": "Lemmy API: moderation follow-up (fsq lemmy ...)",
+    "review": "Review console (fsq review, fsq export)",
 }
 
 

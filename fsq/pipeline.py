@@ -20,8 +20,12 @@ incident and audit event (a savepoint inside the group). A crash loses at most t
 those objects are not recorded as done, so the next pass does them again.
 
 Invariant 6: every object that is not skipped ends as clean, flagged, unreadable or error, with
-a reason, and the summary counts them. Exceptions of the *storage itself* (SourceError) stop the
-pass and are re-raised after the run is recorded as failed.
+a reason, and the summary counts them. No name stops a pass: a listed key fsq cannot represent
+or act on safely (``fsq.names.key_problem``) is recorded skipped with the reason, whatever the
+source; a key the source refuses on read, or an object that changes under fsq (read, or
+between classification and the move), is an error on that object. Exceptions of the
+*storage itself* (SourceError) stop the pass and are re-raised after the run is recorded as
+failed.
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
-from fsq.decode import Decoded, Unreadable, decode, hashes, sniff
-from fsq.errors import FsqError
+from fsq.errors import FsqError, UsageError
+from fsq.media import Decoded, DecodeRequest, Unreadable, decode, hashes, sniff
 from fsq.ledger import audit, state
 from fsq.ledger.db import connect, transaction
-from fsq.sources.base import ObjectError, ObjectInfo, Source
+from fsq.names import db_key, display_key, key_problem
+from fsq.sources.base import ObjectChanged, ObjectError, ObjectInfo, Source
 
 log = logging.getLogger("fsq.scan")
 
@@ -106,6 +111,9 @@ class ScanConfig:
     max_pixels: int = 64_000_000
     batch_size: int = 8
     workers: int = 2
+    decode_workers: int = 2            # processes of the decode pool (fsq.media.pool)
+    decode_seconds: float = 10.0       # CPU budget of one file
+    decode_pixels: int = 1_000_000_000  # pixel budget of one file (screen x frames walked)
     mode: str = "all"                  # all | daemon
     hash_lists: tuple[str, ...] = ()
     concepts_digest: str | None = None
@@ -169,6 +177,7 @@ class Scanner:
         self.known = load_hash_lists(config.hash_lists)
         self._local = threading.local()
         self._stop = threading.Event()
+        self._decoder: Any = None  # fsq.media.DecodePool while a pass runs
 
     # -- classifier (loaded on first need: a rescan of an unchanged store never loads it) ----
 
@@ -228,6 +237,9 @@ class Scanner:
         except ObjectError as exc:
             item.error = exc.reason
             return item
+        except UsageError as exc:  # the source refused the key itself: this object only
+            item.error = f"key refused: {exc.message}"
+            return item
         item.data = data
         item.sha256, item.md5 = hashes(data)
         item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
@@ -239,7 +251,7 @@ class Scanner:
             if item.verdict.media_type is None:
                 item.verdict.media_type = sniff(data)  # decided without decoding
             return item
-        item.decoded, item.verdict = decode_or_verdict(data, self.cfg)
+        item.decoded, item.verdict = decode_or_verdict(data, self.cfg, self._decoder)
         if item.verdict is not None:
             return item
         assert item.decoded is not None
@@ -262,6 +274,8 @@ class Scanner:
             cur = state.get_cursor(self.conn, src)
             since = None if cur is None else cur - CURSOR_MARGIN_S
         listing_started = time.time()
+        from fsq.media import DecodePool  # worker processes start on the first decode
+        self._decoder = DecodePool(self.cfg.decode_workers, self.cfg.decode_seconds)
         pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="fsq-fetch")
         inflight: deque[Future[_Item]] = deque()
         limit = max(4, self.cfg.workers * 2 + self.cfg.batch_size * 2)
@@ -299,6 +313,7 @@ class Scanner:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            self._decoder.close()
             self._end_group()
             s.status = status
             s.seconds = time.monotonic() - t0
@@ -319,6 +334,12 @@ class Scanner:
 
     def _admit(self, info: ObjectInfo, s: Summary, run_id: int) -> _Item | None:
         """Decide in the writer thread whether an object needs fetching."""
+        if info.skip_reason is None:
+            # Whatever the source: a name fsq cannot represent or act on is skipped, with
+            # the reason, never read (a name must never stop the pass).
+            problem = key_problem(info.key)
+            if problem is not None:
+                info = replace(info, skip_reason=problem)
         row = state.get_object(self.conn, self.source.url, info.key)
         if info.skip_reason is not None:
             self._begin()
@@ -328,7 +349,7 @@ class Scanner:
                 state.set_object_result(self.conn, oid, status="skipped",
                                         reason=info.skip_reason)
             s.skipped += 1
-            s.problems.append({"key": info.key, "status": "skipped",
+            s.problems.append({"key": db_key(info.key), "status": "skipped",
                                "reason": info.skip_reason})
             return None
         if not self.cfg.rescan and state.unchanged(row, info.size, info.mtime):
@@ -402,11 +423,21 @@ class Scanner:
                                           incident_id=int(incident_id),  # type: ignore[arg-type]
                                           media_type=v.media_type)
                     s.quarantined += 1
+                except ObjectChanged as exc:
+                    # Rewritten since it was read: nothing was removed (the move rolled back);
+                    # an error on this object, classified again next pass.
+                    self._begin()
+                    state.set_object_result(self.conn, it.object_id, status="error",
+                                            reason=exc.reason)
+                    s.flagged -= 1
+                    s.errors += 1
+                    s.problems.append({"key": key, "status": "error", "reason": exc.reason})
+                    log.warning("not quarantined %s: %s", display_key(key), exc.reason)
                 except ObjectError as exc:
                     s.quarantine_failed += 1
                     s.problems.append({"key": key, "status": "quarantine-failed",
                                        "reason": exc.reason})
-                    log.warning("could not quarantine %s: %s", key, exc.reason)
+                    log.warning("could not quarantine %s: %s", display_key(key), exc.reason)
         it.data = None
 
 
@@ -435,31 +466,58 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
     return None
 
 
-def decode_or_verdict(data: bytes, cfg: ScanConfig
+def decode_request(cfg: ScanConfig) -> DecodeRequest:
+    return DecodeRequest(max_pixels=cfg.max_pixels, budget_pixels=cfg.decode_pixels)
+
+
+def decode_or_verdict(data: bytes, cfg: ScanConfig, decoder: Any = None
                       ) -> tuple[Decoded | None, state.VerdictRecord | None]:
-    """Decode for the classifier; undecodable bytes get their verdict from ``cfg.unreadable``
-    (skip -> 'unreadable', flag -> 'flagged'). Exactly one of the two results is None."""
+    """Decode for the classifier (in ``decoder``, a fsq.media.DecodePool, if given);
+    undecodable bytes get their verdict from ``cfg.unreadable``. Exactly one of the two
+    results is None."""
+    req = decode_request(cfg)
     try:
-        return decode(data, max_pixels=cfg.max_pixels), None
+        return (decoder.decode(data, req) if decoder is not None else decode(data, req)), None
     except Unreadable as exc:
-        if cfg.unreadable == "flag":
-            return None, state.VerdictRecord("flagged", "unreadable-policy",
-                                             f"unreadable: {exc.reason}",
-                                             media_type=exc.media_type)
-        return None, state.VerdictRecord("unreadable", "decode", exc.reason,
-                                         media_type=exc.media_type)
+        details = {"decode": exc.kind, **({"budget": exc.facts} if exc.kind == "budget"
+                                         else {})}
+        return None, unreadable_verdict(exc.reason, exc.media_type, cfg, details)
+
+
+def unreadable_verdict(reason: str, media_type: str | None, cfg: ScanConfig,
+                       details: dict[str, Any] | None = None, **facts: Any
+                       ) -> state.VerdictRecord:
+    """Content fsq could not (fully) examine: ``cfg.unreadable`` decides (skip ->
+    'unreadable', flag -> 'flagged')."""
+    if cfg.unreadable == "flag":
+        return state.VerdictRecord("flagged", "unreadable-policy", f"unreadable: {reason}",
+                                   media_type=media_type, details=details, **facts)
+    return state.VerdictRecord("unreadable", "decode", reason, media_type=media_type,
+                               details=details, **facts)
 
 
 def clip_verdict(decision: Any, frame: int, d: Decoded, model_id: str, cfg: ScanConfig
                  ) -> state.VerdictRecord:
     """The verdict record of one classified file (``frame``: index of the deciding frame
-    among the sampled ones)."""
+    among the sampled ones). Truncation facts go beside the scores (and into the reason); a
+    file that was not fully examined (``d.incomplete``: pixel budget, a bomb in a later
+    frame) and did not flag on what was examined is not 'clean' but unreadable."""
     details = decision.to_json()
     details["frame"] = d.sampled[frame] if d.sampled else frame
     details["frames_sampled"] = d.sampled
+    details.update(d.facts())
+    reason = _reason(decision)
+    if d.truncated:
+        reason += "; " + details["truncated_reason"]
+    if d.incomplete and not decision.flagged:
+        return unreadable_verdict(
+            d.incomplete, d.media_type, cfg, details, model_id=model_id,
+            concepts_digest=cfg.concepts_digest, severity=cfg.severity,
+            rule_version=cfg.rule_version, width=d.width, height=d.height,
+            frames=d.n_frames)
     return state.VerdictRecord(
         "flagged" if decision.flagged else "clean", "clip",
-        _reason(decision), model_id=model_id,
+        reason, model_id=model_id,
         concepts_digest=cfg.concepts_digest, severity=cfg.severity,
         rule_version=cfg.rule_version, media_type=d.media_type, width=d.width,
         height=d.height, frames=d.n_frames, details=details)

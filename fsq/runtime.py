@@ -53,6 +53,8 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         dry_run=dry_run, rescan=rescan, unreadable=settings.unreadable,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
+        decode_workers=settings.decode_workers, decode_seconds=settings.decode_seconds,
+        decode_pixels=settings.decode_pixels,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
         severity=settings.severity, rule_version=RULE_VERSION,
         decision_settings=decision_settings(settings, cs.digest, RULE_VERSION))
@@ -74,6 +76,7 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "concepts": settings.concepts or "(shipped)", "concepts_digest": concepts_digest,
         "severity": settings.severity, "rule_version": rule_version,
         "unreadable": settings.unreadable, "max_pixels": settings.max_pixels,
+        "decode_pixels": settings.decode_pixels, "decode_seconds": settings.decode_seconds,
         "max_bytes": settings.max_bytes,
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
     }

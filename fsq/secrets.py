@@ -12,6 +12,21 @@ file is used while a stale environment variable wins would lock evidence with th
 passphrase. The value is wrapped in ``Secret`` straight away; ``repr``/``str`` print
 ``Secret(***)``, pickling is refused, and no message built here ever contains the value.
 
+Secrets never come out: ``mask_secrets`` is the ONE masking function every output path uses
+(``fsq config show``, log lines, warnings, error lines with and without ``--debug``, ``--json``,
+reports, audit details). It hides
+
+* every registered secret value, whatever its shape (``register_secret``: each ``Secret`` and
+  each setting marked secret registers itself; a passphrase containing ``://``, the serve
+  token, an API key), also in its JSON-, HTML- and URL-escaped forms;
+* URL userinfo passwords (``postgresql://u:PW@h`` -> ``postgresql://u:***@h``);
+* URL query parameters that carry credentials (``?password=``, ``sslpassword``, ``token``,
+  ``key``, ``api_key``, ``secret``, ``X-Amz-Signature``, ...);
+* libpq keyword DSN passwords (``host=db password=PW`` and ``password='P W'``).
+
+Limit: a registered value shorter than ``MIN_LITERAL`` characters is masked only where one of
+the patterns finds it (masking every "abc" in a report would be noise and would not hide much).
+
 (The module name shadows the standard library's ``secrets`` only for code that does
 ``from fsq import secrets``; ``import secrets`` elsewhere in the package still gets the stdlib.)
 """
@@ -19,10 +34,15 @@ passphrase. The value is wrapped in ``Secret`` straight away; ``repr``/``str`` p
 from __future__ import annotations
 
 import getpass
+import html
+import json
 import logging
 import os
+import re
 import stat
 import sys
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 from fsq.errors import ConfigError
 
@@ -30,6 +50,85 @@ log = logging.getLogger(__name__)
 
 ENV_NAME = "FSQ_VAULT_PASSPHRASE"
 FILE_OPTION = "--passphrase-file"
+MASK = "***"
+MIN_LITERAL = 6
+
+# --- masking ------------------------------------------------------------------------------------
+
+_KNOWN: set[str] = set()
+_FORMS: list[str] = []          # every registered value and its escaped forms, longest first
+
+_PARAMS = (r"password|passwd|pwd|pass|sslpassword|passphrase|token|access_token|"
+           r"refresh_token|auth|authorization|api_key|apikey|api-key|key|secret|"
+           r"client_secret|signature|sig|credential|x-amz-signature|x-amz-credential|"
+           r"x-amz-security-token")
+_QUERY_RE = re.compile(r"(?i)([?&;](?:%s)=)[^&#\s'\"<>]*" % _PARAMS)
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/@\s:'\"<>]*):[^@\s'\"<>]*@")
+_DSN_RE = re.compile(r"(?i)\b((?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"&]+)")
+
+
+def register_secret(value: Any) -> None:
+    """Remember a secret value so ``mask_secrets`` hides it wherever it shows up."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+    if not isinstance(value, str) or len(value) < MIN_LITERAL or value in _KNOWN:
+        return
+    _KNOWN.add(value)
+    forms = {value, json.dumps(value)[1:-1], html.escape(value), html.escape(value, False),
+             quote(value, safe=""), quote_plus(value)}
+    _FORMS.extend(f for f in forms if len(f) >= MIN_LITERAL and f not in _FORMS)
+    _FORMS.sort(key=len, reverse=True)
+
+
+def register_url_secret(url: Any) -> None:
+    """For a connection string: register just its password (URL userinfo, ``password=``
+    query or keyword parameter), so the rest of it stays readable where it is shown."""
+    if not isinstance(url, str):
+        return
+    try:
+        pw = urlsplit(url).password if "://" in url else None
+    except ValueError:
+        pw = None
+    if pw:
+        register_secret(pw)
+    for m in re.finditer(r"(?i)(?:^|[?&;\s])(?:%s)\s*=\s*('(?:[^'\\]|\\.)*'|[^&#\s]+)"
+                         % _PARAMS, url):
+        v = m.group(1)
+        register_secret(v[1:-1] if v.startswith("'") else v)
+
+
+def mask_secrets(text: Any) -> Any:
+    """``text`` with every secret hidden (see the module docstring). Non-strings pass."""
+    if not isinstance(text, str) or not text:
+        return text
+    for form in _FORMS:
+        if form in text:
+            text = text.replace(form, MASK)
+    text = _USERINFO_RE.sub(lambda m: m.group(1) + ":" + MASK + "@", text)
+    text = _QUERY_RE.sub(lambda m: m.group(1) + MASK, text)
+    return _DSN_RE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def redact(obj: Any) -> Any:
+    """``mask_secrets`` over every string (keys and values) of a JSON-like structure."""
+    if isinstance(obj, str):
+        return mask_secrets(obj)
+    if isinstance(obj, dict):
+        return {redact(k): redact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
+class MaskingFormatter(logging.Formatter):
+    """A log formatter whose every line (message, arguments, traceback) goes through
+    ``mask_secrets``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
 
 
 class Secret:
@@ -41,6 +140,7 @@ class Secret:
         if not isinstance(value, (str, bytes)):
             raise TypeError("Secret wraps str or bytes")
         self._value = value
+        register_secret(value)
 
     def reveal(self) -> str | bytes:
         return self._value

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from fsq.decode import Unreadable, decode, sniff
+from fsq.media import Unreadable, decode, sniff
 from tests.fixtures.images import animated_gif, bomb_png, jpeg_bytes, png_bytes
 
 

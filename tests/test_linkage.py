@@ -321,7 +321,7 @@ def test_lemmy_unreachable_hides_password(state, tmp_path):
     st = link.state("lemmy-db")
     assert st.status == "unavailable" and "unreachable" in st.detail
     assert "Hunter2Secret" not in repr(link.to_dict())
-    assert "lemmy_ro:***@" in st.detail
+    assert "postgresql://" not in st.detail and "FSQ_LEMMY_DATABASE_URL" in st.detail
     assert link.orphan is None
 
 

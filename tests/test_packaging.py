@@ -32,6 +32,9 @@ def test_wheel_contains_templates_and_concepts(tmp_path):
     assert "fsq/classify/default_concepts.toml" in names
     templates = [n for n in names if n.startswith("fsq/templates/") and n.endswith(".html")]
     assert templates, sorted(names)
+    for n in ("review/base.html", "review/incident.html", "review/review.js",
+              "review/review.css"):
+        assert f"fsq/templates/{n}" in names, n
     assert "fsq/cli/main.py" in names
     eps = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fsq = fsq.cli.main:main" in zipfile.ZipFile(whl).read(eps).decode()

@@ -78,6 +78,8 @@ def quarantined(tmp_path, _isolated_env, monkeypatch):
     (tmp_path / "pass").write_text("correct horse battery staple\n")
     (tmp_path / "pass").chmod(0o600)
     ok(["init", "--passphrase-file", str(tmp_path / "pass")])
+    # clear, hold lift and purge unlock the custodian key with the same passphrase.
+    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "correct horse battery staple")
     ok(["scan", "--all", "--source", f"file://{root}", "--hash-list",
         str(tmp_path / "known.txt")])
     rows = js(["incidents"])
@@ -461,6 +463,7 @@ def test_object_lock_blocks_purge_and_leaves_the_incident_whole(tmp_path, _isola
     (tmp_path / "pass").write_text("pw\n")
     (tmp_path / "pass").chmod(0o600)
     ok(["init", "--passphrase-file", str(tmp_path / "pass")])
+    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "pw")
     ok(["scan", "--all", "--source", f"file://{root}", "--hash-list",
         str(tmp_path / "known.txt")])
     before = {k: s3.client.get_object(Bucket=bucket, Key=k)["Body"].read()

@@ -239,7 +239,7 @@ def test_release_of_a_rejected_upload_shreds_and_allowlists_but_writes_nothing(s
                                                                                tmp_path):
     """Uploads sealed by `fsq serve` have no original key (pict-rs discarded them): release
     must not try to "restore" into some directory named after the pseudo-source."""
-    from fsq.decode import hashes
+    from fsq.media import hashes
     from fsq.ledger import state
     from fsq.ledger.db import transaction
     from fsq.quarantine.keys import load_public_key

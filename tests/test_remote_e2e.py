@@ -217,8 +217,9 @@ def test_scan_quarantine_release_purge(request, source, vault, tmp_path, tiny_mo
     assert rem.raw(released) == originals[released]
 
     iid = incidents[sha(originals[purged])]["id"]
-    ok(["clear", str(iid), "--by", "A. Admin", "--reason", "reported, year over"], env)
-    res = js(["purge", "--after-clearance"], env)
+    ok(["clear", str(iid), "--by", "A. Admin", "--reason", "reported, year over",
+        "--passphrase-file", str(tmp_path / "pass")], env)
+    res = js(["purge", "--after-clearance", "--passphrase-file", str(tmp_path / "pass")], env)
     assert res["purged"] == [iid], res
     del originals[purged]
     where = exactly_once(rem, originals)

@@ -280,7 +280,8 @@ def test_unreachable_database_renders_with_reason(state, tmp_path):
     html = res.path.read_text()
     assert "unavailable" in html and "unreachable" in html
     assert "TopSecretPw" not in html and "OtherSecretPw" not in html
-    assert "lemmy:***@127.0.0.1" in html
+    # No connection string at all, masked or not: the setting is named instead (issue 12).
+    assert "postgresql://" not in html and "FSQ_LEMMY_DATABASE_URL" in html
     ev = json.loads(list(audit.events(state, subject=f"incident:{iid}"))[-1]["details"])
     assert set(ev["linkage_unavailable"]) == {"pictrs-repo", "lemmy-db"}
     assert "TopSecretPw" not in json.dumps(res.model, default=str)

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from fsq.retention import (HoldFacts, IncidentFacts, active_holds, display_state, eligibility,
-                           hold_active, retention_end, retention_start)
+from fsq.custody.retention import (HoldFacts, IncidentFacts, active_holds, display_state,
+                                   eligibility, hold_active, retention_end, retention_start)
 
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)

@@ -129,7 +129,7 @@ def serving(settings, classifier=None):
     """The real app under uvicorn in a thread, on 127.0.0.1:<free port>."""
     v = open_validator(settings, classifier=classifier)
     sock = bind_socket("127.0.0.1", 0)
-    server = make_server(create_app(v), v.opts)
+    server = make_server(create_app(v), v.opts, v.metrics)
     t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     t.start()
     deadline = time.monotonic() + 30

@@ -411,3 +411,35 @@ def test_s3_unsafe_keys_listed_never_read(h: Harness):
     assert listed["ok.jpg"].skip_reason is None
     assert c.get_object(Bucket=bucket, Key="pictrs/a/../x")["Body"].read() == b"crafted"
     assert c.get_object(Bucket=bucket, Key="other/secret.txt")["Body"].read() == b"not yours"
+
+
+def test_unrepresentable_names_listed_skipped_rest_listed(h: Harness):
+    """Issue 11: a name fsq cannot represent (not UTF-8) or act on safely (a backslash) is
+    listed with a skip reason naming its bytes, never read, and the rest of the same directory
+    is listed as usual. SFTP used to fail the whole directory; local stopped the scan."""
+    h.plant("aa/good.jpg", b"fine")
+    h.plant("aa/back\\slash.jpg", b"crafted")
+    if h.root is not None:  # S3 keys are UTF-8 by definition
+        d = os.fsencode(h.root / "aa")
+        with open(d + b"/bad\xff\xfe.jpg", "wb") as fh:
+            fh.write(b"raw name")
+        os.makedirs(d + b"/dir\xff")
+        with open(d + b"/dir\xff/inside.jpg", "wb") as fh:
+            fh.write(b"under a raw-named directory")
+    listed = h.listed()
+    assert listed["aa/good.jpg"].skip_reason is None
+    back = listed["aa/back\\slash.jpg"]
+    assert "backslash" in back.skip_reason
+    with pytest.raises(UsageError):
+        h.src.read("aa/back\\slash.jpg")
+    if h.root is not None:
+        raw = "aa/bad\udcff\udcfe.jpg"           # exactly os.fsdecode of the bytes
+        assert "not valid UTF-8" in listed[raw].skip_reason
+        assert repr(b"aa/bad\xff\xfe.jpg") in listed[raw].skip_reason
+        assert "not descended" in listed["aa/dir\udcff"].skip_reason
+        assert not any(k.endswith("inside.jpg") for k in listed)
+        with pytest.raises(UsageError):
+            h.src.read(raw)
+        assert len(listed) == 4
+    else:
+        assert len(listed) == 2

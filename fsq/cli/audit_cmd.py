@@ -18,29 +18,72 @@ def audit() -> None:
 @audit.command("verify")
 @click.option("--anchor", help="SEQ:HASH from an earlier `fsq audit head`, kept elsewhere; "
                                "proves the log was not rewritten or truncated since.")
+@click.option("--witness", "use_witness", is_flag=True,
+              help="Also check the chain against every head in FSQ_AUDIT_WITNESS (detects a "
+                   "truncated or rewritten and re-chained log).")
 @db_option
 @json_option
-def verify(anchor, db, as_json):
+def verify(anchor, use_witness, db, as_json):
     """Recompute the hash chain; exit 4 naming the first bad row if it is broken.
 
     \b
     Examples:
       fsq audit verify
       fsq audit verify --anchor 1042:3f5c...e9
+      FSQ_AUDIT_WITNESS=/mnt/other-host/fsq-heads.jsonl fsq audit verify --witness
     """
     settings = load(db=db)
     conn = open_db(settings, create=False)
     res = auditlog.verify(conn, anchor)
+    witnessed: dict | None = None
+    if use_witness:
+        witnessed = _check_witness(conn, settings)
+    ok = res.ok and (witnessed is None or not witnessed["problems"])
     if as_json:
-        echo_json({"ok": res.ok, "rows": res.rows, "head": res.head, "bad_seq": res.bad_seq,
-                   "problem": res.problem})
-    elif res.ok:
-        click.echo(f"audit log intact: {res.rows} rows, head {res.head}"
-                   + (" (anchor found)" if anchor else ""))
+        echo_json({"ok": ok, "rows": res.rows, "head": res.head, "bad_seq": res.bad_seq,
+                   "problem": res.problem, "witness": witnessed})
     else:
-        click.echo(f"audit log BROKEN at row {res.bad_seq}: {res.problem}", err=True)
-    if not res.ok:
+        if res.ok:
+            click.echo(f"audit log intact: {res.rows} rows, head {res.head}"
+                       + (" (anchor found)" if anchor else ""))
+        else:
+            click.echo(f"audit log BROKEN at row {res.bad_seq}: {res.problem}", err=True)
+        if witnessed is not None:
+            for p in witnessed["problems"]:
+                click.echo(f"witness: {p}", err=True)
+            if not witnessed["problems"]:
+                click.echo(f"witness: {witnessed['heads']} witnessed head(s) match the chain")
+    if not ok:
         raise Exit(4)
+
+
+def _check_witness(conn, settings) -> dict:
+    from fsq.cli.common import custodian_paths
+    from fsq.custody import witness
+    from fsq.custody.custodian import Verifier, load_verifier
+    from fsq.errors import ConfigError, FsqError, UsageError
+    if not settings.audit_witness:
+        raise UsageError("--witness needs FSQ_AUDIT_WITNESS (the file, s3:// or syslog:// "
+                         "witness the heads were appended to)")
+    heads = witness.Witness(settings.audit_witness, settings).heads()
+    verifiers = {}
+    try:
+        v = load_verifier(custodian_paths(settings)[0])
+        verifiers[v.fingerprint] = v
+    except FsqError:
+        pass
+    from fsq.runtime import public_key_path
+    try:
+        from cryptography.hazmat.primitives import serialization
+        pem = witness.scanner_key_path(public_key_path(settings)).with_suffix(".pub")
+        pub = serialization.load_pem_public_key(pem.read_bytes())
+        sv = Verifier(pub)  # type: ignore[arg-type]
+        verifiers[sv.fingerprint] = sv
+    except (OSError, ValueError):
+        pass
+    if not heads:
+        raise ConfigError(f"the audit witness {settings.audit_witness} holds no heads yet")
+    return {"heads": len(heads), "problems": witness.verify_heads(conn, heads, verifiers)}
 
 
 @audit.command("head")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from fsq.cli.common import db_option, echo_json, json_option, load, open_db
-from fsq.holds import clear_incident, holds_for
-from fsq.incidents import resolve
-from fsq.retention import IncidentFacts, eligibility
+from fsq.cli.common import (db_option, echo_json, json_option, load, open_db,
+                            passphrase_file_option, unlock_custodian)
+from fsq.custody.holds import clear_incident, holds_for
+from fsq.custody.incidents import resolve
+from fsq.custody.retention import IncidentFacts, eligibility
 from fsq.timeutil import utcnow
 
 
@@ -16,14 +17,18 @@ from fsq.timeutil import utcnow
 @click.option("--by", required=True, help="Name of the person clearing it (audited).")
 @click.option("--reason", required=True, help="Why it may be destroyed (audited).")
 @click.option("--reference", help="Ticket, decision or counsel reference (audited).")
+@passphrase_file_option
 @db_option
 @json_option
-def clear(incident_ref, by, reason, reference, db, as_json):
+def clear(incident_ref, by, reason, reference, passphrase_file, db, as_json):
     """Clear an incident for destruction once retention allows.
 
     Clearance destroys nothing. `fsq purge --after-clearance` destroys the evidence of
     cleared incidents whose retention (FSQ_RETENTION_DAYS after the report, or after
     quarantine if never reported) has run out and that are under no active hold.
+
+    The clearance is signed with the custodian key, so it needs the vault passphrase; purge
+    verifies the signature and refuses (exit 4) a clearance that is not signed.
 
     \b
     Example:
@@ -33,7 +38,9 @@ def clear(incident_ref, by, reason, reference, db, as_json):
     settings = load(db=db)
     conn = open_db(settings, create=False)
     row = resolve(conn, incident_ref)
-    res = clear_incident(conn, int(row["id"]), by=by, reason=reason, reference=reference)
+    signer = unlock_custodian(settings, passphrase_file)
+    res = clear_incident(conn, int(row["id"]), by=by, reason=reason, reference=reference,
+                         signer=signer)
     el = eligibility(IncidentFacts.from_row(resolve(conn, row["id"])),
                      holds_for(conn, int(row["id"])), settings.retention_days, utcnow())
     res["purge_eligible"] = el.eligible

@@ -8,7 +8,8 @@ Conventions every command follows (ARCHITECTURE.md "Interface conventions"):
   the exit code. Commands never call sys.exit themselves except through ``Exit``.
 * ``--json`` prints exactly one JSON document on stdout; human text goes to stdout, warnings and
   progress to stderr.
-* Secrets never reach output: print ``settings.masked()`` values only.
+* Secrets never reach output: print ``settings.masked()`` values only; ``echo_json``,
+  ``warn``, log lines and error lines all pass through ``fsq.secrets.mask_secrets``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import click
 from fsq.config import Settings, load_settings
 from fsq.ledger import audit
 from fsq.ledger.db import connect
+from fsq.secrets import MaskingFormatter, mask_secrets, redact
 
 
 class Exit(Exception):
@@ -35,18 +37,45 @@ class Exit(Exception):
         self.code = code
 
 
+_LAST: dict[str, Any] = {}
+
+
 def load(**overrides: Any) -> Settings:
     settings = load_settings({k: v for k, v in overrides.items() if v is not None})
     setup_logging(settings.log_level)
+    _LAST["settings"] = settings
     return settings
+
+
+def publish_witness() -> None:
+    """After a command: if it appended audit rows and FSQ_AUDIT_WITNESS is set, append the new
+    chain head there. A witness outage is a warning: the command's own work stands."""
+    from fsq.custody import witness
+    from fsq.errors import FsqError
+    from fsq.runtime import public_key_path
+    settings = _LAST.pop("settings", None)
+    try:
+        if not audit._context.pop("appended", None):
+            return
+        if settings is None or not settings.audit_witness:
+            return
+        conn = connect(settings.db, create=False)
+        try:
+            witness.publish(conn, settings, public_key_path(settings))
+        finally:
+            conn.close()
+    except FsqError as exc:
+        warn(f"audit witness not updated: {exc.message}")
+    finally:
+        witness.remember_signer(None)  # an unlocked key never outlives its command
 
 
 def setup_logging(level: str) -> None:
     root = logging.getLogger("fsq")
     if not root.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                         "%Y-%m-%dT%H:%M:%SZ"))
+        h.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                        "%Y-%m-%dT%H:%M:%SZ"))
         logging.Formatter.converter = time.gmtime
         root.addHandler(h)
         root.propagate = False
@@ -58,11 +87,21 @@ def open_db(settings: Settings, *, create: bool = True) -> sqlite3.Connection:
 
 
 def echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+    click.echo(mask_secrets(json.dumps(redact(obj), indent=2, sort_keys=True, default=str,
+                                       ensure_ascii=False)))
+
+
+def show_key(stored: str) -> str:
+    """Every human-readable printer of an object key uses this: the key as stored (state DB,
+    summaries) shown with control characters, escape sequences, newlines and raw bytes
+    escaped, so a hostile name cannot rewrite the terminal or forge a line (fsq.names).
+    ``--json`` output carries the stored form instead (reversible: fsq.names.key_from_db)."""
+    from fsq.names import show_stored_key
+    return show_stored_key(stored)
 
 
 def warn(msg: str) -> None:
-    click.echo(f"fsq: warning: {msg}", err=True)
+    click.echo(mask_secrets(f"fsq: warning: {msg}"), err=True)
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -189,3 +228,34 @@ def vault_options(f):
     f = click.option("--vault-public-key", type=click.Path(dir_okay=False),
                      help="Vault public key [FSQ_VAULT_PUBLIC_KEY, ./keys/vault.pub].")(f)
     return click.option("--vault", help="Vault URL [FSQ_VAULT, file://./quarantine].")(f)
+
+
+def custodian_paths(settings: Settings):
+    """(custodian.pub, custodian.key), beside the vault key pair."""
+    from fsq.custody.custodian import paths
+    from fsq.runtime import private_key_path, public_key_path
+    return paths(public_key_path(settings), private_key_path(settings))
+
+
+def custodian_verifier(settings: Settings):
+    """The custodian public key (no secret needed), for dry runs and checks."""
+    from fsq.custody.custodian import load_verifier
+    return load_verifier(custodian_paths(settings)[0])
+
+
+def unlock_custodian(settings: Settings, passphrase_file: str | None, *,
+                     vault_key: bool = False):
+    """Ask for the passphrase once; return the unlocked custodian Signer, plus the vault
+    private key when ``vault_key`` (purge checks sealed metadata with it). The signer is also
+    remembered for this process so the audit witness can sign heads with it."""
+    from fsq.custody import witness
+    from fsq.custody.custodian import unlock
+    from fsq.quarantine.keys import load_private_key
+    from fsq.runtime import private_key_path
+    from fsq.secrets import get_passphrase
+    pw = get_passphrase(env=settings.vault_passphrase, file=passphrase_file, prompt=True)
+    signer = unlock(custodian_paths(settings)[1], pw)
+    witness.remember_signer(signer)
+    if not vault_key:
+        return signer
+    return signer, load_private_key(private_key_path(settings), pw)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from fsq.cli.common import db_option, echo_json, json_option, load, open_db, table
+from fsq.cli.common import db_option, echo_json, json_option, load, open_db, show_key, table
 from fsq.ledger import state
 
 
@@ -42,7 +42,8 @@ def flagged(source, db, as_json):
     if not rows:
         click.echo("nothing flagged is waiting for action")
         return
-    click.echo(table([{**r, "sha256": (r["sha256"] or "")[:16], "fired": ",".join(
+    click.echo(table([{**r, "key": show_key(r["key"]), "sha256": (r["sha256"] or "")[:16],
+                       "fired": ",".join(
         f for f in r["fired"] if f)} for r in rows],
         ["incident", "key", "sha256", "size", "method", "fired"]))
     click.echo(f"\n{len(rows)} flagged object(s); quarantine them with `fsq apply`")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from fsq.cli.common import VaultCache, db_option, echo_json, json_option, load, open_db, table
+from fsq.cli.common import (VaultCache, db_option, echo_json, json_option, load, open_db,
+                            passphrase_file_option, table, unlock_custodian)
+from fsq.custody.holds import add_hold, lift_hold, list_holds, parse_until
+from fsq.custody.incidents import resolve
+from fsq.custody.retention import HOLD_KINDS
 from fsq.errors import UsageError
-from fsq.holds import add_hold, lift_hold, list_holds, parse_until
-from fsq.incidents import resolve
-from fsq.retention import HOLD_KINDS
 
 
 @click.group("hold")
@@ -105,11 +106,13 @@ def list_(incident_ref, active_only, db, as_json):
 @hold.command("lift")
 @click.argument("hold_ref", metavar="HOLD")
 @click.option("--reason", required=True, help="Why the hold ends. Audited.")
+@passphrase_file_option
 @db_option
 @json_option
-def lift(hold_ref, reason, db, as_json):
+def lift(hold_ref, reason, passphrase_file, db, as_json):
     """Lift a hold (HOLD is the number shown by `fsq hold list`). The incident can then be
-    purged once it is cleared, past retention and under no other hold.
+    purged once it is cleared, past retention and under no other hold. The lift is signed
+    with the custodian key (needs the vault passphrase); purge refuses an unsigned lift.
 
     \b
     Example:
@@ -117,7 +120,9 @@ def lift(hold_ref, reason, db, as_json):
     """
     settings = load(db=db)
     conn = open_db(settings, create=False)
-    res = lift_hold(conn, _hold_id(hold_ref), reason=reason)
+    hold_id = _hold_id(hold_ref)
+    signer = unlock_custodian(settings, passphrase_file)
+    res = lift_hold(conn, hold_id, reason=reason, signer=signer)
     if as_json:
         echo_json(res)
         return

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from fsq.cli.common import db_option, echo_json, json_option, load, open_db, table
-from fsq.holds import mark_reported, parse_report_time
-from fsq.incidents import detail, resolve, summary
+from fsq.cli.common import (db_option, echo_json, json_option, load, open_db,
+                            passphrase_file_option, show_key, table, unlock_custodian)
+from fsq.custody.holds import mark_reported, parse_report_time
+from fsq.custody.incidents import detail, resolve, summary
 
 
 @click.command("incidents")
@@ -88,11 +89,12 @@ def show(incident_ref, db, as_json):
                    f"severity {v['severity']}; fired: {fired}")
     click.echo("  storage keys:")
     for o in d["storage_keys"]:
-        click.echo(f"    {o['status']:<12} {o['source']}  {o['key']}")
+        click.echo(f"    {o['status']:<12} {o['source']}  {show_key(o['key'])}")
     if d["entries"]:
         click.echo("  vault entries:")
         for e in d["entries"]:
-            click.echo(f"    {e['entry']}  {e['state']:<12} {e['key']}  ({e['created_at']})")
+            click.echo(f"    {e['entry']}  {e['state']:<12} {show_key(e['key'])}  "
+                       f"({e['created_at']})")
 
 
 @incident.command("mark-reported")
@@ -101,13 +103,16 @@ def show(incident_ref, db, as_json):
               help="The report's reference, e.g. the CyberTipline report id (audited).")
 @click.option("--at", "at_text", metavar="TIME",
               help="When the report was made (ISO 8601, UTC if no zone); default now.")
+@passphrase_file_option
 @db_option
 @json_option
-def mark_reported_cmd(incident_ref, reference, at_text, db, as_json):
+def mark_reported_cmd(incident_ref, reference, at_text, passphrase_file, db, as_json):
     """Record that an incident was reported. Its retention clock starts then
     (FSQ_RETENTION_DAYS, 365 by default: the US preservation year of 18 U.S.C. 2258A(h)).
 
     Marking again replaces the time and reference; the audit log keeps the earlier ones.
+    On an incident already cleared this moves the retention start its signed clearance
+    names, so it needs the vault passphrase and re-signs the clearance.
 
     \b
     Example:
@@ -118,7 +123,8 @@ def mark_reported_cmd(incident_ref, reference, at_text, db, as_json):
     conn = open_db(settings, create=False)
     row = resolve(conn, incident_ref)
     at = parse_report_time(at_text) if at_text else None
-    res = mark_reported(conn, int(row["id"]), reference=reference, at=at)
+    signer = unlock_custodian(settings, passphrase_file) if row["cleared_at"] else None
+    res = mark_reported(conn, int(row["id"]), reference=reference, at=at, signer=signer)
     d = summary(conn, resolve(conn, row["id"]), retention_days=settings.retention_days)
     res["retention_end"] = d["retention_end"]
     if as_json:

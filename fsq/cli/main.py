@@ -10,8 +10,10 @@ import sys
 import click
 
 from fsq import __version__
-from fsq.cli.common import Exit, set_command
+from fsq.cli.common import Exit, publish_witness, set_command
 from fsq.errors import FsqError
+from fsq.ledger.audit import _context as audit_context
+from fsq.secrets import mask_secrets
 
 EPILOG = """\b
 Quick start:
@@ -22,17 +24,31 @@ Quick start:
 Settings: flag > FSQ_* env > .env > defaults (see `fsq config show`)."""
 
 
+def _traceback() -> None:
+    """--debug: the traceback on stderr, through the one masking function (exception
+    messages and local reprs can carry a URL or a passphrase)."""
+    import traceback
+    click.echo(mask_secrets(traceback.format_exc()).rstrip(), err=True)
+
+
 class FsqGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        try:
+            return self._invoke(ctx)
+        finally:
+            publish_witness()
+
+    def _invoke(self, ctx: click.Context):
         debug = "--debug" in sys.argv[1:]
+        audit_context.pop("appended", None)
         try:
             return super().invoke(ctx)
         except Exit as e:
             ctx.exit(e.code)
         except FsqError as e:
             if debug:
-                raise
-            click.echo(f"fsq: error: {e.message}", err=True)
+                _traceback()
+            click.echo(mask_secrets(f"fsq: error: {e.message}"), err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("fsq: interrupted", err=True)
@@ -41,9 +57,10 @@ class FsqGroup(click.Group):
             raise
         except Exception as e:  # a bug: say so, hide the traceback unless --debug
             if debug:
-                raise
-            click.echo(f"fsq: internal error: {e.__class__.__name__}: {e} "
-                       "(rerun with --debug for a traceback and report it)", err=True)
+                _traceback()
+            click.echo(mask_secrets(f"fsq: internal error: {e.__class__.__name__}: {e} "
+                                    "(rerun with --debug for a traceback and report it)"),
+                       err=True)
             ctx.exit(1)
 
     def resolve_command(self, ctx, args):
@@ -81,6 +98,9 @@ COMMAND_MODULES = [
     "fsq.cli.purge_cmd",
     "fsq.cli.serve_cmd",
     "fsq.cli.report_cmd",
+    "fsq.cli.lemmy_cmd",
+    "fsq.cli.review_cmd",
+    "fsq.cli.custody_cmd",
 ]
 
 

@@ -7,9 +7,11 @@ from collections import Counter
 
 import click
 
-from fsq.cli.common import Exit, VaultCache, db_option, echo_json, json_option, load, open_db
+from fsq.cli.common import (Exit, VaultCache, custodian_paths, custodian_verifier, db_option,
+                            echo_json, json_option, load, open_db, passphrase_file_option,
+                            unlock_custodian)
+from fsq.custody.incidents import resolve
 from fsq.errors import UsageError
-from fsq.incidents import resolve
 from fsq.quarantine.purge import Purger, pictrs_client
 
 _VERB = {"purged": "purged", "would-purge": "would purge", "kept": "keep",
@@ -28,9 +30,11 @@ _VERB = {"purged": "purged", "would-purge": "would purge", "kept": "keep",
 @click.option("--yes", is_flag=True, help="Confirm destroying evidence of --incident.")
 @click.option("--dry-run", is_flag=True, help="Show what would be destroyed and why the rest "
                                               "stays; change nothing.")
+@passphrase_file_option
 @db_option
 @json_option
-def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, db, as_json):
+def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, passphrase_file, db,
+          as_json):
     """Destroy evidence for good: crypto-shred the wrapped data keys, delete the sealed blobs,
     check they are gone. The audit log keeps a minimal trace (hashes, times, who cleared it and
     why) and is never shortened.
@@ -45,8 +49,13 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, db, 
 
     An interrupted purge is finished by the next run. With FSQ_PICTRS_PURGE_ON_PURGE=true
     (and FSQ_PICTRS_URL, FSQ_PICTRS_API_KEY) pict-rs is asked to purge the known aliases too.
+    Purge needs the vault passphrase (not for --dry-run): it verifies the custodian signature
+    of every clearance and hold lift, signs destruction requests, recomputes the retention
+    start from the audit log, and checks each vault entry's sealed metadata against the
+    database. Any mismatch refuses that incident (nothing destroyed).
+
     Exit 3 if storage or pict-rs failed, 4 if an object was still present after deletion or
-    the database disagrees with the audit log.
+    the database disagrees with the audit log, a signature or a sealed entry.
 
     \b
     Examples:
@@ -65,8 +74,16 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, db, 
     settings = load(db=db)
     conn = open_db(settings, create=False)
     pictrs = None if dry_run else pictrs_client(settings)
+    custodian: object = None
+    vault_key: object = None
+    if dry_run:  # no passphrase: the public custodian key checks signatures where it exists
+        if custodian_paths(settings)[0].exists():
+            custodian = custodian_verifier(settings)
+    else:
+        custodian, vault_key = unlock_custodian(settings, passphrase_file, vault_key=True)
     cache = VaultCache(settings)
-    purger = Purger(conn, cache.vault, pictrs=pictrs)
+    purger = Purger(conn, cache.vault, pictrs=pictrs, custodian=custodian,
+                    private_key=vault_key)
     try:
         if after_clearance:
             mode = "after-clearance"

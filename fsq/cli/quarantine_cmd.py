@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import (Exit, VaultCache, db_option, echo_json, host_key_option, json_option,
-                            load, open_db, passphrase_file_option, private_key, vault_options)
+                            load, open_db, passphrase_file_option, private_key, show_key,
+                            vault_options)
+from fsq.custody.incidents import resolve
 from fsq.errors import IntegrityError
-from fsq.incidents import resolve
 from fsq.runtime import build_quarantiner
 from fsq.sources.base import open_source
 
@@ -41,7 +42,7 @@ def apply(source, keys, vault, vault_public_key, accept_new_host_key, db, as_jso
         click.echo(f"quarantined {res['quarantined']}, failed {res['failed']}, "
                    f"changed since flagged {res['changed']}")
         for p in res["problems"]:
-            click.echo(f"  {p['key']}: {p['reason']}")
+            click.echo(f"  {show_key(p['key'])}: {p['reason']}")
     if res["failed"]:
         raise Exit(3)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from fsq.cli.common import Exit, db_option, echo_json, json_option, load, open_db, warn
+from fsq.custody.incidents import resolve
 from fsq.errors import UsageError
-from fsq.incidents import resolve
 from fsq.reports.render import generate_report, sanitize_tree
 
 OPEN_EXCLUDED = ("purged", "released")

@@ -9,7 +9,7 @@ import threading
 import click
 
 from fsq.cli.common import (Exit, Progress, db_option, echo_json, host_key_option, json_option,
-                            load, open_db, vault_options, warn)
+                            load, open_db, show_key, vault_options, warn)
 from fsq.errors import UsageError
 from fsq.runtime import build_quarantiner, build_scanner
 from fsq.sources.base import open_source
@@ -53,10 +53,9 @@ def print_summary(s, as_json: bool) -> None:
                f"flagged {s.flagged}, unreadable {s.unreadable}, errors {s.errors}"
                + (f", quarantined {s.quarantined}" if not s.dry_run else " (dry run)")
                + (f", quarantine failed {s.quarantine_failed}" if s.quarantine_failed else ""))
-    shown = [p for p in s.problems if p["status"] != "skipped" or "symlink" in p["reason"]
-             or "regular" in p["reason"]]
+    shown = s.problems  # unchanged keys are skipped too, but they are not problems
     for p in shown[:50]:
-        click.echo(f"  {p['status']:<12} {p['key']}: {p['reason']}")
+        click.echo(f"  {p['status']:<12} {show_key(p['key'])}: {p['reason']}")
     if len(shown) > 50:
         click.echo(f"  ... and {len(shown) - 50} more (see `fsq flagged` / --json)")
 

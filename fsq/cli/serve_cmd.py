@@ -38,7 +38,9 @@ def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vaul
     upload is sealed into the vault, with an incident and audit events, before the answer goes
     out, because pict-rs deletes it. Only the vault *public* key is needed. Also serves
     GET /healthz and GET /metrics (Prometheus). Stop with SIGTERM or Ctrl-C: requests in
-    flight are answered first. See docs/serve.md for the pict-rs and docker settings.
+    flight are answered first. Slow or half-open clients are cut off by
+    FSQ_SERVE_HEADER_TIMEOUT, FSQ_SERVE_BODY_TIMEOUT (408) and FSQ_SERVE_MAX_CONNECTIONS.
+    See docs/serve.md for the pict-rs and docker settings.
 
     \b
     Examples:
@@ -59,7 +61,18 @@ def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vaul
                     concepts=concepts, severity=severity, precision=precision, device=device,
                     batch_size=batch_size, workers=workers, threads=threads,
                     unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db)
-    serve_forever(settings)
+    periodic = None
+    if settings.audit_witness:  # witness the audit head routinely while the daemon runs
+        from fsq.custody.witness import Periodic
+        from fsq.ledger.db import connect
+        from fsq.runtime import public_key_path
+        periodic = Periodic(lambda: connect(settings.db, create=False), settings,
+                            public_key_path(settings), settings.audit_witness_interval)
+    try:
+        serve_forever(settings)
+    finally:
+        if periodic is not None:
+            periodic.stop()
 
 
 COMMANDS = [serve]

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 from fsq import __version__
 from fsq.errors import IntegrityError, UsageError
+from fsq.secrets import redact
 from fsq.timeutil import iso
 
 GENESIS = "0" * 64
@@ -86,7 +87,9 @@ def append(conn: sqlite3.Connection, action: str, subject: str | int = "",
         ts = iso()
         who = actor()
         cmd = command or _context["command"]
-        det = canonical_json(details or {})
+        # Details never carry secrets (see the module docstring); the one masking function is
+        # the backstop for a message or URL that slipped in.
+        det = canonical_json(redact(details or {}))
         h = row_hash(prev, seq, ts, who, __version__, cmd, action, str(subject), det)
         conn.execute(
             "INSERT INTO audit (seq, ts, actor, tool_version, command, action, subject, "
@@ -94,6 +97,7 @@ def append(conn: sqlite3.Connection, action: str, subject: str | int = "",
             (seq, ts, who, __version__, cmd, action, str(subject), det, prev, h))
         if own:
             conn.execute("COMMIT")
+        _context["appended"] = "1"  # the CLI publishes the new head to the witness
     except BaseException:
         if own:
             conn.execute("ROLLBACK")

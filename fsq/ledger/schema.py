@@ -176,6 +176,80 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """),
+    (5, "lemmy actions", r"""
+-- One row per moderation action sent (or attempted) through Lemmy's API by `fsq lemmy ...`.
+-- state: sealing (evidence being preserved) | sent (request on the wire; outcome unknown if it
+-- stays so) | done | failed. request is the exact call minus secrets (JSON: version, method,
+-- path, body); evidence lists every file the action would destroy and where it was preserved;
+-- snapshot is the linkage (target rows, reports, uploader, login IPs) taken before the call,
+-- snapshot_sha256 its canonical-JSON hash (also in the audit log).
+CREATE TABLE lemmy_actions (
+    id              INTEGER PRIMARY KEY,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    action          TEXT NOT NULL,   -- remove-post | remove-comment | ban | community-ban |
+                                     -- purge-post | purge-comment | purge-person
+    target_kind     TEXT NOT NULL,   -- post | comment | person
+    target_id       INTEGER NOT NULL,
+    incident_id     INTEGER REFERENCES incidents(id),   -- the triggering incident, if any
+    lemmy_version   TEXT,
+    reason          TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    evidence        TEXT NOT NULL DEFAULT '[]',
+    snapshot        TEXT,
+    snapshot_sha256 TEXT,
+    state           TEXT NOT NULL,
+    http_status     INTEGER,
+    response        TEXT,            -- Lemmy object ids from the answer (JSON), never the body
+    error           TEXT
+);
+CREATE INDEX lemmy_actions_incident ON lemmy_actions(incident_id);
+CREATE INDEX lemmy_actions_target ON lemmy_actions(target_kind, target_id);
+
+-- Incidents opened to preserve files a Lemmy action would destroy (origin 'lemmy-action')
+-- point at the incident that triggered the action.
+ALTER TABLE incidents ADD COLUMN linked_incident_id INTEGER REFERENCES incidents(id);
+"""),
+    (3, "review console: review state, queue indexes, audit subject index", r"""
+-- Review console (fsq.review). review_state is the reviewer's latest decision:
+--   needs_review | escalated | to_report | reported | kept | false_positive | cleared
+-- (the lifecycle state stays in incidents.state). review_score caches the verdict's best
+-- margin over its threshold for sorting; review_uploader caches the Lemmy uploader learnt by
+-- linkage (NULL = not known yet).
+ALTER TABLE incidents ADD COLUMN review_state TEXT NOT NULL DEFAULT 'needs_review';
+ALTER TABLE incidents ADD COLUMN review_score REAL;
+ALTER TABLE incidents ADD COLUMN review_uploader TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_at TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_by TEXT;
+-- Incidents decided before the console existed start in the matching review state.
+UPDATE incidents SET review_state = CASE state WHEN 'released' THEN 'false_positive'
+    WHEN 'reported' THEN 'reported' WHEN 'cleared' THEN 'cleared' ELSE review_state END;
+CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
+CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
+CREATE INDEX incidents_created ON incidents(created_at);
+CREATE INDEX incidents_score ON incidents(review_score);
+CREATE INDEX incidents_review_counts ON incidents(review_state, state);
+-- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
+CREATE INDEX audit_subject ON audit(subject, seq);
+"""),
+    (2, "custodian signatures on clearances, hold lifts and destructions", r"""
+-- One signed decision that authorises destruction (fsq.custody.decisions). record is the exact
+-- canonical JSON that was signed; purge re-verifies it and compares it with the other tables
+-- and the audit chain, so editing any of them cannot authorise a purge.
+CREATE TABLE custody_signatures (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,         -- clearance | hold-lift | destruction
+    incident_id INTEGER NOT NULL REFERENCES incidents(id),
+    hold_id     INTEGER REFERENCES holds(id),
+    record      TEXT NOT NULL,
+    signature   TEXT NOT NULL,         -- base64 Ed25519 signature
+    fingerprint TEXT NOT NULL,         -- custodian key that signed
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX custody_signatures_incident ON custody_signatures(incident_id, kind);
+"""),
 ]
 
+# Applied in version order whatever order the entries are listed in.
+MIGRATIONS.sort(key=lambda m: m[0])
 LATEST = MIGRATIONS[-1][0]

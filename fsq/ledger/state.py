@@ -2,6 +2,10 @@
 
 Small functions over a sqlite3 connection; the pipeline is the only writer during a scan
 (a single thread), so these functions do not lock beyond SQLite's own transactions.
+
+Object keys are stored with ``fsq.names.db_key``: unchanged for every key fsq acts on, escaped
+(reversibly) for names that are not valid UTF-8 or hold a backslash, which SQLite could not
+store or which fsq only records as skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, Iterator
 
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
+from fsq.names import db_key
 from fsq.timeutil import iso
 
 FINAL_STATUSES = ("clean", "flagged", "unreadable", "quarantined", "released", "skipped")
@@ -37,8 +42,9 @@ class VerdictRecord:
 # --- objects -----------------------------------------------------------------------------------
 
 def get_object(conn: sqlite3.Connection, source: str, key: str) -> sqlite3.Row | None:
+    """``key`` as listed (raw); it is looked up in its stored form (``fsq.names.db_key``)."""
     return conn.execute("SELECT * FROM objects WHERE source=? AND key=?",
-                        (source, key)).fetchone()
+                        (source, db_key(key))).fetchone()
 
 
 def unchanged(row: sqlite3.Row | None, size: int, mtime: float) -> bool:
@@ -59,7 +65,7 @@ def touch_object(conn: sqlite3.Connection, source: str, key: str, size: int, mti
         " VALUES (?,?,?,?, 'pending', ?, ?, ?)"
         " ON CONFLICT(source, key) DO UPDATE SET last_seen=excluded.last_seen,"
         " last_scan=excluded.last_scan RETURNING id",
-        (source, key, size, mtime, now, now, run_id))
+        (source, db_key(key), size, mtime, now, now, run_id))
     return cur.fetchone()[0]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsq.config import mask_url
+from fsq.secrets import mask_secrets
 from fsq.errors import ExternalError
 
 CONNECT_TIMEOUT = 5          # seconds
@@ -29,12 +29,12 @@ def _password_of(url: str) -> str | None:
 
 
 def scrub(message: str, url: str) -> str:
-    """Remove the URL, and its password, from an error message."""
+    """Remove the connection string, and its password, from an error message."""
     pw = _password_of(url)
-    message = message.replace(url, mask_url(url))
+    message = message.replace(url, "(the connection string)")
     if pw:
         message = message.replace(str(pw), "***")
-    return " ".join(message.split())
+    return " ".join(mask_secrets(message).split())
 
 
 def connect_readonly(url: str, what: str, setting: str) -> Any:
@@ -53,7 +53,8 @@ def connect_readonly(url: str, what: str, setting: str) -> Any:
             application_name="fsq-report")
         conn.read_only = True
     except psycopg.Error as exc:
-        raise ExternalError(f"{what} at {mask_url(url)} is unreachable: "
+        # Name the setting, never the connection string: this message ends up in reports.
+        raise ExternalError(f"{what} ({setting}) is unreachable: "
                             f"{scrub(str(exc), url)}; check {setting}") from None
     except (ValueError, TypeError) as exc:  # malformed URL / conninfo
         raise ExternalError(f"{what}: {setting} is not a valid PostgreSQL URL "

@@ -191,3 +191,13 @@ class PictrsRepo:
         if d and isinstance(d[0][0], dict):
             result.details = d[0][0]
         return result
+
+    def identifiers_of(self, aliases: Iterable[str]) -> dict[str, str]:
+        """alias -> identifier of its original, for the aliases pict-rs knows (``fsq lemmy``
+        needs the stored file behind each alias an action would delete)."""
+        aliases = list(dict.fromkeys(aliases))
+        if not aliases:
+            return {}
+        return {r[0]: r[1] for r in self._q(
+            "SELECT a.alias, h.identifier FROM aliases a JOIN hashes h ON h.hash = a.hash "
+            "WHERE a.alias = ANY(%s)", [aliases])}

@@ -200,8 +200,10 @@ def _is_weak(kdf: dict[str, Any]) -> bool:
     return kdf["n"] < 2 ** 15
 
 
-def _derive(kdf: dict[str, Any], passphrase: bytes) -> tuple[bytes, bytes]:
-    """(aead_key, passphrase_check) for ``passphrase`` under validated ``kdf``."""
+def _derive(kdf: dict[str, Any], passphrase: bytes, label: bytes = b"fsq-vault-private-key v1"
+            ) -> tuple[bytes, bytes]:
+    """(aead_key, passphrase_check) for ``passphrase`` under validated ``kdf``. ``label``
+    separates the keys derived for different files (the custodian key uses its own)."""
     salt = base64.b64decode(kdf["salt"])
     if kdf["name"] == "argon2id":
         if not argon2_available():
@@ -213,10 +215,8 @@ def _derive(kdf: dict[str, Any], passphrase: bytes) -> tuple[bytes, bytes]:
     else:
         master = Scrypt(salt=salt, length=32, n=kdf["n"], r=kdf["r"],
                         p=kdf["p"]).derive(passphrase)
-    aead_key = HKDFExpand(hashes.SHA256(), 32,
-                          b"fsq-vault-private-key v1 encryption").derive(master)
-    check = HKDFExpand(hashes.SHA256(), 16,
-                       b"fsq-vault-private-key v1 passphrase check").derive(master)
+    aead_key = HKDFExpand(hashes.SHA256(), 32, label + b" encryption").derive(master)
+    check = HKDFExpand(hashes.SHA256(), 16, label + b" passphrase check").derive(master)
     return aead_key, check
 
 

@@ -55,7 +55,8 @@ from fsq.errors import ConfigError, FsqError, IntegrityError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.store import VaultMissing, VaultStore, open_vault
-from fsq.sources.base import ObjectError, ObjectMissing, Source
+from fsq.names import show_stored_key
+from fsq.sources.base import ObjectChanged, ObjectError, ObjectMissing, Source
 from fsq.testonly import crash_point
 from fsq.timeutil import iso, utcnow
 
@@ -65,6 +66,11 @@ UNFINISHED = ("sealing", "stored", "verified", "source_removed")
 
 # vault_entries.source / objects.source of uploads sealed by `fsq serve` (no source store).
 UPLOAD_SOURCE = "upload:pict-rs"
+# vault_entries.source of copies sealed by `fsq lemmy ...` before a Lemmy action deletes the
+# original from pict-rs: the bytes stay where they are (Lemmy removes them), so like uploads
+# there is no step 4, and ``recover`` handles these entries only when a caller names them.
+COPY_SOURCE = "copy:lemmy-action"
+_NO_SOURCE_STEP = (UPLOAD_SOURCE, COPY_SOURCE)
 
 
 def blob_name(entry_id: str) -> str:
@@ -126,9 +132,19 @@ class Quarantiner:
                           key=key, data=data, sha256=sha256, md5=md5, incident_id=incident_id,
                           media_type=media_type, extra_meta=extra_meta)
 
+    def seal_copy(self, conn: sqlite3.Connection, *, key: str, data: bytes, sha256: str,
+                  md5: str, incident_id: int, media_type: str | None,
+                  extra_meta: Mapping[str, Any]) -> str:
+        """Seal a copy of a stored file and leave the original alone (``fsq lemmy``: Lemmy is
+        about to delete it). The upload journal (steps 1-3 and 5) with source COPY_SOURCE;
+        ``extra_meta`` (where the bytes were read, the action, the linkage) is sealed with it."""
+        return self._move(conn, source=None, source_url=COPY_SOURCE, object_id=None, key=key,
+                          data=data, sha256=sha256, md5=md5, incident_id=incident_id,
+                          media_type=media_type, extra_meta=extra_meta)
+
     def _move(self, conn: sqlite3.Connection, *, source: Source | None, source_url: str,
-              object_id: int, key: str, data: bytes, sha256: str, md5: str, incident_id: int,
-              media_type: str | None, extra_meta: Mapping[str, Any]) -> str:
+              object_id: int | None, key: str, data: bytes, sha256: str, md5: str,
+              incident_id: int, media_type: str | None, extra_meta: Mapping[str, Any]) -> str:
         from fsq.quarantine.seal import new_entry_id
 
         if _sha(data) != sha256:  # caller bug guard: never seal bytes we did not classify
@@ -153,7 +169,7 @@ class Quarantiner:
         return entry_id
 
     def _seal_and_store(self, conn: sqlite3.Connection, entry_id: str, *, source_url: str,
-                        key: str, object_id: int, incident_id: int, data: bytes,
+                        key: str, object_id: int | None, incident_id: int, data: bytes,
                         metadata: dict[str, Any], now: str) -> None:
         """Steps 1-2: commit the intent, write both vault objects, commit 'stored'."""
         from fsq.quarantine.seal import seal
@@ -200,7 +216,7 @@ class Quarantiner:
     def _finish(self, conn: sqlite3.Connection, entry_id: str, source: Source | None) -> None:
         """Steps 3-5 from state 'stored' (or later). ``source`` is None for uploads."""
         row = conn.execute("SELECT * FROM vault_entries WHERE id=?", (entry_id,)).fetchone()
-        upload = row["source"] == UPLOAD_SOURCE
+        upload = row["source"] in _NO_SOURCE_STEP
         if row["state"] == "stored":
             problem = self.verify_entry(row)
             if problem:
@@ -220,8 +236,8 @@ class Quarantiner:
             if current is not None:
                 if _sha(current) != row["sha256"]:
                     self._rollback(conn, row, "source content changed since classification")
-                    raise ObjectError(row["key"], "content changed since it was classified; "
-                                                  "not removed (rescan it)")
+                    raise ObjectChanged(row["key"], "content changed since it was classified; "
+                                                    "not removed (scanned again next pass)")
                 source.remove(row["key"])
             crash_point("after-remove")
             self._set(conn, entry_id, "source_removed")
@@ -242,7 +258,7 @@ class Quarantiner:
                 audit.append(conn, "quarantined", f"incident:{row['incident_id']}",
                              {"entry": entry_id, "source": row["source"], "key": row["key"],
                               "sha256": row["sha256"], "blob_sha256": row["blob_sha256"],
-                              "vault": row["vault"]})
+                              "vault": row["vault"], "at": now})
 
     def _lock(self, conn: sqlite3.Connection, row: Mapping[str, Any]) -> None:
         """Write-once retention (S3 Object Lock) for a verified entry, until the incident's
@@ -303,7 +319,7 @@ class Quarantiner:
                 self._finish(conn, row["id"], src)
                 counts["completed"] += 1
             except ObjectError as exc:
-                log.warning("recovery of %s: %s", row["key"], exc.reason)
+                log.warning("recovery of %s: %s", show_stored_key(row["key"]), exc.reason)
                 counts["rolled_back"] += 1
         if hasattr(self.vault, "cleanup_temp"):
             # Only old temp files: a young one may belong to a write in progress right now

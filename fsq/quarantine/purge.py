@@ -1,16 +1,21 @@
 """Purge: destroy the evidence of an incident for good (crypto-shredding), crash-safely.
 
-Who decides is ``fsq.retention.eligibility`` (cleared, past retention, no active hold), or a
-law-enforcement destruction request (18 U.S.C. 2258B) for one named incident. This module does
-the destroying, and leaves the minimal trace invariant 5 asks for.
+Who decides is ``fsq.custody.retention.eligibility`` (cleared, past retention, no active
+hold), or a law-enforcement destruction request (18 U.S.C. 2258B) for one named incident. This
+module does the destroying, and leaves the minimal trace invariant 5 asks for.
 
 Steps for one incident, each committed before the next side effect:
 
 1. Preflight (no change yet): no unfinished quarantine move; the clearance and the holds in the
-   database agree with the audit log (an edited database must not be able to authorise
-   destruction); no vault object is under object-lock retention (``retention_blocks_delete``
-   when the store offers it). A failed preflight leaves the incident as it was, with an audit
-   event saying why (``purge.blocked`` / ``purge.refused``).
+   database agree with the audit log, and every clearance, hold lift and destruction request
+   carries a valid custodian signature whose record matches the database and the retention
+   start recomputed from the audit chain (``fsq.custody.decisions.verify_for_purge``: an
+   edited database must not be able to authorise destruction); each vault entry's sealed
+   metadata names this incident, entry, source, key and sha256 (``binding_problem``: an entry
+   moved to another incident in the database is not destroyed with it); no vault object is
+   under object-lock retention (``retention_blocks_delete`` when the store offers it). A
+   failed preflight leaves the incident as it was, with an audit event saying why
+   (``purge.blocked`` / ``purge.refused``).
 2. One transaction: the rule is evaluated again (a hold may have been added meanwhile), the
    incident becomes ``purging`` (an intermediate state) and ``purge.started`` is audited with
    the entries to destroy, the mode and the reference. This is the journal: nothing is deleted
@@ -45,14 +50,15 @@ import sqlite3
 from datetime import datetime
 from typing import Any, Callable
 
+from fsq.custody.decisions import audit_crosscheck  # noqa: F401 (its former home)
+from fsq.custody.holds import LIVE_ENTRY_STATES, holds_for
+from fsq.custody.retention import (EVIDENCE_STATES, Eligibility, HoldFacts, IncidentFacts,
+                                   active_holds, eligibility, fmt_time)
 from fsq.errors import ExternalError, FsqError, NotFound, UsageError
-from fsq.holds import LIVE_ENTRY_STATES, holds_for
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
 from fsq.quarantine.move import UNFINISHED, blob_name, key_name
 from fsq.quarantine.store import VaultLocked, VaultStore
-from fsq.retention import (EVIDENCE_STATES, Eligibility, HoldFacts, IncidentFacts,
-                           active_holds, eligibility, fmt_time)
 from fsq.testonly import crash_point
 from fsq.timeutil import iso, utcnow
 
@@ -100,43 +106,6 @@ def _live_entries(conn: sqlite3.Connection, incident_id: int) -> list[sqlite3.Ro
         (incident_id, *LIVE_ENTRY_STATES)).fetchall()
 
 
-def audit_crosscheck(conn: sqlite3.Connection, row: sqlite3.Row, mode: str) -> str | None:
-    """Does the database's clearance and hold record match the audit log? Returns a problem or
-    None. The audit chain is tamper-evident; the incidents/holds tables are not, so a purge
-    must not rest on a clearance or a missing hold that the log does not show."""
-    subject = f"incident:{row['id']}"
-    if mode == MODE_CLEARANCE:
-        cleared = [e for e in audit.events(conn, subject=subject, action_prefix="incident.cleared")
-                   if e["action"] == "incident.cleared"]
-        if not cleared:
-            return "the clearance is not in the audit log (was the database edited?)"
-        d = json.loads(cleared[-1]["details"])
-        if d.get("by") != row["cleared_by"] or d.get("reason") != row["clear_reason"]:
-            return "the clearance differs from its audit event (was the database edited?)"
-    added: dict[int, dict[str, Any]] = {}
-    lifted: set[int] = set()
-    for e in audit.events(conn, subject=subject, action_prefix="hold."):
-        d = json.loads(e["details"])
-        if e["action"] == "hold.added":
-            added[int(d["hold"])] = d
-        elif e["action"] == "hold.lifted":
-            lifted.add(int(d["hold"]))
-    rows = {int(h["id"]): h for h in conn.execute("SELECT * FROM holds WHERE incident_id=?",
-                                                  (row["id"],))}
-    for hid, d in added.items():
-        h = rows.get(hid)
-        if h is None:
-            return f"hold {hid} is in the audit log but not in the database"
-        if h["until"] != d.get("until") or h["kind"] != d.get("kind"):
-            return f"hold {hid} differs from its audit event"
-        if h["lifted_at"] is not None and hid not in lifted:
-            return f"hold {hid} is lifted in the database but the audit log has no lift"
-    for hid in rows:
-        if hid not in added:
-            return f"hold {hid} has no audit event"
-    return None
-
-
 class Purger:
     """Runs purges against the vault(s) the entries were sealed into.
 
@@ -145,16 +114,27 @@ class Purger:
     returns the current UTC time (tests inject one)."""
 
     def __init__(self, conn: sqlite3.Connection, vault_for: Callable[[str], VaultStore], *,
-                 pictrs: Any = None, clock: Callable[[], datetime] = utcnow) -> None:
+                 pictrs: Any = None, clock: Callable[[], datetime] = utcnow,
+                 custodian: Any = None, private_key: Any = None) -> None:
         self.conn = conn
         self.vault_for = vault_for
         self.pictrs = pictrs
         self.clock = clock
+        # custodian: a Verifier (dry runs) or an unlocked Signer (purges; destruction requests
+        # are signed). private_key: the vault private key, to check each entry's sealed
+        # metadata before destroying it. Without them a purge refuses: fail closed.
+        self.custodian = custodian
+        self.private_key = private_key
 
     # -- planning ---------------------------------------------------------------------------
 
-    def plan(self, retention_days: int) -> list[dict[str, Any]]:
-        """Every incident that still has (or may get) evidence, with the rule's answer."""
+    def plan(self, retention_days: int, *, check: bool = False) -> list[dict[str, Any]]:
+        """Every incident that still has (or may get) evidence, with the rule's answer. With
+        ``check`` (dry runs) and a custodian public key, an eligible incident whose signed
+        decisions do not verify is shown as ``refused`` (the sealed-metadata check needs the
+        private key and runs only in a real purge)."""
+        from fsq.custody.custodian import Verifier
+        from fsq.custody.decisions import verify_for_purge
         now = self.clock()
         out = []
         for row in self.conn.execute("SELECT * FROM incidents WHERE state NOT IN "
@@ -162,9 +142,16 @@ class Purger:
             el = evaluate(self.conn, row, retention_days, now)
             status = ("would-purge" if el.eligible
                       else "would-finish" if row["state"] == "purging" else "kept")
+            reasons = el.reasons
+            if check and el.eligible and isinstance(self.custodian, Verifier):
+                problem = (audit_crosscheck(self.conn, row, MODE_CLEARANCE)
+                           or verify_for_purge(self.conn, row, clearance=True,
+                                               verifier=self.custodian))
+                if problem:
+                    status, reasons = "refused", [problem]
             out.append(self._result(row, status,
-                                    el.reasons, el, entries=[e["id"] for e in
-                                                             _live_entries(self.conn, row["id"])]))
+                                    reasons, el, entries=[e["id"] for e in
+                                                          _live_entries(self.conn, row["id"])]))
         return out
 
     def _result(self, row: sqlite3.Row, status: str, reasons: list[str],
@@ -185,8 +172,19 @@ class Purger:
         rows = self.conn.execute("SELECT * FROM incidents WHERE state='purging' ORDER BY id"
                                  ).fetchall()
         results = []
+        from fsq.custody.custodian import Verifier
+        from fsq.custody.decisions import verify_purge_start
         for row in rows:
             started = self._started_event(int(row["id"]))
+            # Resuming shreds what the journal names without the other checks: a journal a
+            # database writer forged (state 'purging' + a chained purge.started row) must not
+            # destroy anything.
+            verifier = self.custodian if isinstance(self.custodian, Verifier) else None
+            problem = verify_purge_start(self.conn, row, started.get("entries"), verifier)
+            if problem:
+                results.append(self._block(row, "refused", "purge.refused", [problem],
+                                           str(started.get("mode", "unknown"))))
+                continue
             res = self._shred_and_finish(row, started, resumed=True)
             results.append(res)
         return results
@@ -195,7 +193,7 @@ class Purger:
                         ) -> list[dict[str, Any]]:
         """Purge exactly the incidents the rule allows; list the rest with their reasons."""
         if dry_run:
-            return self.plan(retention_days)
+            return self.plan(retention_days, check=True)
         audit.require_intact(self.conn)
         results = self.resume()
         done = {r["incident"] for r in results}
@@ -281,7 +279,7 @@ class Purger:
             return self._block(row, "blocked", "purge.blocked",
                                [f"{unfinished} unfinished quarantine move(s); run `fsq recover`"],
                                mode)
-        problem = audit_crosscheck(self.conn, row, mode)
+        problem = audit_crosscheck(self.conn, row, mode) or self._custody_problem(row, mode)
         if problem:
             return self._block(row, "refused", "purge.refused", [problem], mode)
         # Object lock: ask before starting, so a locked incident is left exactly as it was.
@@ -295,11 +293,16 @@ class Purger:
             return self._block(row, "blocked", "purge.blocked",
                                [f"object lock until {fmt_time(until)}"], mode,
                                locked_until=iso(until))
+        signed: dict[str, Any] = {}
         if mode == MODE_CLEARANCE:
             purge_reason = (f"cleared by {row['cleared_by']}: {row['clear_reason']}"
                             + (f" ({row['clear_reference']})" if row["clear_reference"] else ""))
         else:
             purge_reason = f"law-enforcement destruction request {reference}"
+            from fsq.custody.decisions import sign_destruction
+            s = sign_destruction(self.conn, row, reference or "", self.custodian,
+                                 now=self.clock())
+            signed = {"signature": s["signature"], "fingerprint": s["fingerprint"]}
         with transaction(self.conn):
             cur = self.conn.execute("SELECT * FROM incidents WHERE id=?", (iid,)).fetchone()
             if mode == MODE_CLEARANCE:
@@ -312,12 +315,34 @@ class Purger:
             entry_ids = [e["id"] for e in _live_entries(self.conn, iid)]
             self.conn.execute("UPDATE incidents SET state='purging', purge_reason=? WHERE id=?",
                               (purge_reason, iid))
+            from fsq.custody.decisions import sign_purge_start
+            journal = sign_purge_start(self.conn, cur, entry_ids, mode, self.custodian)
+            signed = {**signed, "journal_signature": journal["signature"]}
             started = {"mode": mode, "destruction_request": reference, "reason": purge_reason,
                        "entries": entry_ids, "previous_state": cur["state"],
-                       "sha256": cur["sha256"], "retention_days": retention_days}
+                       "sha256": cur["sha256"], "retention_days": retention_days, **signed}
             audit.append(self.conn, "purge.started", f"incident:{iid}", started)
         crash_point("purge-after-started")
         return self._shred_and_finish(self._row(iid), started, resumed=False)
+
+    def _custody_problem(self, row: sqlite3.Row, mode: str) -> str | None:
+        """Signatures, retention start and vault bindings (see the module docstring)."""
+        from fsq.custody.custodian import Signer
+        from fsq.custody.decisions import verify_for_purge
+        from fsq.quarantine.release import binding_problem
+        if not isinstance(self.custodian, Signer):  # it verifies, and signs the journal
+            return "no unlocked custodian key to verify and sign with; purge needs the passphrase"
+        problem = verify_for_purge(self.conn, row, clearance=mode == MODE_CLEARANCE,
+                                   verifier=self.custodian)
+        if problem:
+            return problem
+        if self.private_key is None:
+            return "no vault private key to check the sealed metadata with"
+        for e in _live_entries(self.conn, int(row["id"])):
+            problem = binding_problem(self.vault_for(e["vault"]), e, self.private_key)
+            if problem:
+                return problem
+        return None
 
     def _locked_until(self, entries: list[sqlite3.Row], now: datetime) -> list[datetime]:
         out = []

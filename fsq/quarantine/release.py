@@ -20,7 +20,7 @@ import logging
 import sqlite3
 from typing import Any, Callable
 
-from fsq.errors import IntegrityError, UsageError
+from fsq.errors import FsqError, IntegrityError, UsageError
 from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.move import UPLOAD_SOURCE, blob_name, key_name
@@ -51,12 +51,28 @@ def decrypt_entry(vault: VaultStore, entry: sqlite3.Row, private_key: Any
     if entry["key_sha256"] and _sha(wkey) != entry["key_sha256"]:
         raise IntegrityError(f"vault entry {eid}: wrapped key does not match its recorded hash")
     meta, content = open_sealed(eid, blob, wkey, private_key)
-    if _sha(content) != entry["sha256"] or meta.get("sha256") != entry["sha256"]:
+    if _sha(content) != entry["sha256"]:
         raise IntegrityError(f"vault entry {eid}: decrypted content sha256 differs from the "
                              "record")
-    if meta.get("key") != entry["key"]:
-        raise IntegrityError(f"vault entry {eid}: sealed metadata names another key")
+    check_binding(entry, meta)
     return meta, content
+
+
+#: Sealed metadata field -> vault_entries column it must equal (entries are bound to their
+#: incident: the seal authenticates the metadata, so only the database can disagree).
+BINDING = (("entry_id", "id"), ("incident_id", "incident_id"), ("source", "source"),
+           ("key", "key"), ("sha256", "sha256"))
+
+
+def check_binding(entry: sqlite3.Row, meta: dict[str, Any]) -> None:
+    """IntegrityError naming the entry if its sealed metadata disagrees with its row (e.g. the
+    row was moved to another incident): nothing may be restored or destroyed on its account."""
+    for field, column in BINDING:
+        if meta.get(field) != entry[column]:
+            raise IntegrityError(
+                f"vault entry {entry['id']}: sealed metadata says {field}="
+                f"{meta.get(field)!r} but the database says {entry[column]!r} (the database "
+                "was edited, or the entry was moved); nothing is restored or destroyed")
 
 
 def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private_key: Any,
@@ -235,3 +251,19 @@ def verify_vault(conn: sqlite3.Connection, vault: VaultStore, *, deep: bool = Fa
     audit.append(conn, "vault.verified", "vault",
                  {"entries": len(rows), "bad": len(bad), "deep": deep, "stray": len(stray)})
     return res
+
+
+def binding_problem(vault: VaultStore, entry: sqlite3.Row, private_key: Any) -> str | None:
+    """Does the entry's sealed metadata name the incident, entry, source, key and sha256 the
+    database row says? (Decrypts the metadata only, never the content.)"""
+    from fsq.quarantine.seal import open_metadata
+    eid = entry["id"]
+    try:
+        meta = open_metadata(eid, vault.get(blob_name(eid)), vault.get(key_name(eid)),
+                             private_key)
+        check_binding(entry, meta)
+    except VaultMissing:
+        return f"vault entry {eid} is missing from {vault.url}"
+    except FsqError as exc:
+        return exc.message
+    return None

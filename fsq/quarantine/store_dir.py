@@ -52,6 +52,36 @@ _NO_HARDLINK_ERRNOS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSY
                        errno.EMLINK, errno.EXDEV}
 
 
+def overwrite_in_place(path: str) -> None:
+    """Overwrite a file's bytes with random data and fsync, before it is unlinked.
+
+    Crypto-shredding rests on the wrapped data key being gone; a plain ``unlink`` only drops
+    the name, and on ext4/xfs the key's blocks keep the old bytes until reused. Writing random
+    bytes over the same length through the same open file (no truncate, no O_TRUNC: that would
+    free the blocks instead of rewriting them) and fsyncing makes an in-place filesystem store
+    the random bytes in the key's former blocks.
+
+    Best effort, and the limits are real (docs/threat-model.md): SSDs remap writes (the old
+    flash page survives until garbage-collected), copy-on-write filesystems (btrfs, ZFS) and
+    snapshots (LVM, ZFS, VM images) write the random bytes elsewhere and keep the old block, and
+    ext4 ``data=journal`` keeps a copy in the journal. Use an encrypted filesystem, or the S3
+    vault with versioned deletes, where that matters. A missing file is not an error.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return
+    try:
+        size = os.fstat(fd).st_size
+        done = 0
+        while done < size:
+            chunk = os.urandom(min(size - done, 1 << 16))
+            done += os.pwrite(fd, chunk, done)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid vault object name, else raise ``UsageError``."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -240,6 +270,8 @@ class DirStore(VaultStore):
     def delete(self, name: str) -> None:
         path = self._path(name)
         try:
+            if name.endswith(".key"):
+                overwrite_in_place(path)
             os.unlink(path)
         except FileNotFoundError:
             pass

@@ -15,11 +15,13 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from fsq import __version__, retention
+from fsq import __version__
 from fsq.config import mask_url
-from fsq.incidents import resolve
+from fsq.custody import retention
+from fsq.custody.incidents import resolve
 from fsq.ledger import audit
 from fsq.lemmy import urls
+from fsq.lemmy.followup import follow_up
 from fsq.lemmy.linkage import LABELS, Linkage, link_incident
 from fsq.timeutil import iso, parse_iso, utcnow
 
@@ -31,7 +33,8 @@ TOP_SCORES = 8
 def retention_end(incident: Any, retention_days: int) -> str | None:
     """End of the retention period for an ``incidents`` row (ISO text, None if not started).
 
-    The rule itself lives in fsq.retention (clock from reported_at, else quarantined_at)."""
+    The rule itself lives in fsq.custody.retention (clock from reported_at, else
+    quarantined_at)."""
     end = retention.retention_end(retention.IncidentFacts.from_row(incident), retention_days)
     return iso(end) if end is not None else None
 
@@ -192,9 +195,27 @@ def _linkage_view(link: Linkage | None, settings: Any) -> dict[str, Any]:
     return d
 
 
+def _file_view(e: dict[str, Any]) -> bool:
+    """Whether an audit event means a person could have seen the file itself.
+
+    Review-console previews (``evidence.viewed``) count only when un-blurred and actually
+    rendered; the level-0 blurred preview does not. Any other decryption of the evidence
+    (``evidence.decrypted``, e.g. a release) counts, as before: fsq cannot tell whether a
+    person looked at the plaintext."""
+    if e["action"] == "evidence.viewed":
+        d = e["details"]
+        return d.get("blurred") is False and d.get("rendered") is not False
+    return e["action"] in VIEW_ACTIONS
+
+
 def _cybertip(row: sqlite3.Row, link: Linkage | None, storage: list[dict[str, Any]],
               events: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
-    viewed = [e for e in events if e["action"] in VIEW_ACTIONS]
+    viewed = [e for e in events if _file_view(e)]
+    previews = [{"seq": e["seq"], "ts": e["ts"], "actor": e["actor"],
+                 "reviewer": e["details"].get("reviewer"), "level": e["details"].get("level"),
+                 "blurred": e["details"].get("blurred") is not False,
+                 "rendered": e["details"].get("rendered") is not False}
+                for e in events if e["action"] == "evidence.viewed"]
     locations: list[str] = []
     upload_time: str | None = None
     upload_time_source = None
@@ -256,8 +277,11 @@ def _cybertip(row: sqlite3.Row, link: Linkage | None, storage: list[dict[str, An
             "fileViewedByEsp": bool(viewed),
             "fileViewedByEsp_events": [{"seq": e["seq"], "ts": e["ts"], "actor": e["actor"],
                                         "action": e["action"],
-                                        "purpose": e["details"].get("purpose")}
+                                        "purpose": e["details"].get("purpose"),
+                                        "reviewer": e["details"].get("reviewer"),
+                                        "level": e["details"].get("level")}
                                        for e in viewed],
+            "views": previews,
             "publiclyAvailable": public,
         },
         "personOrUserReported": person,
@@ -312,7 +336,8 @@ def build_model(conn: sqlite3.Connection, incident: str | int, settings: Any, *,
         "storage": storage,
         "classifier": classifier_view(verdict),
         "other_verdicts": others,
-        "linkage": _linkage_view(linkage, settings),
+        "linkage": (lview := _linkage_view(linkage, settings)),
+        "follow_up": follow_up(conn, iid, lview),
         "legal": {
             "retention_days": ret_days,
             "retention_basis": ("reported_at" if row["reported_at"] else

@@ -36,6 +36,7 @@ from fsq.errors import ConfigError, UsageError
 from fsq.ledger import audit
 from fsq.lemmy.linkage import Linkage, link_incident
 from fsq.reports.model import build_model, incident_keys
+from fsq.secrets import mask_secrets, redact
 from fsq.timeutil import parse_iso
 
 TEMPLATE = "incident.html"
@@ -208,8 +209,10 @@ def generate_report(conn: sqlite3.Connection, incident: str | int, settings: Any
     if linkage is None and link:
         row, keys = incident_keys(conn, incident)
         linkage = link_incident(conn, row["sha256"], keys, settings)
-    model = build_model(conn, incident, settings, linkage=linkage, link=False)
-    html = render_html(model, getattr(settings, "templates_dir", None))
+    # Reports are handed to NCMEC or the police: every string of the model goes through the
+    # one masking function before rendering, and the page once more afterwards.
+    model = redact(build_model(conn, incident, settings, linkage=linkage, link=False))
+    html = mask_secrets(render_html(model, getattr(settings, "templates_dir", None)))
     data = html.encode("utf-8")
     digest = hashlib.sha256(data).hexdigest()
     iid = model["incident"]["id"]

@@ -21,9 +21,15 @@ PREFIX = "fsq_serve_"
 
 # Answer outcomes and the reasons behind non-2xx answers and fail-open answers.
 OUTCOMES = ("accepted", "rejected")
-REJECT_REASONS = ("flagged", "unauthorized", "too_large", "error", "overload", "timeout")
+REJECT_REASONS = ("flagged", "unauthorized", "too_large", "error", "overload", "timeout",
+                  "slow_body")
 FAIL_OPEN_REASONS = ("error", "overload", "timeout")
 VERDICTS = ("clean", "flagged", "unreadable", "error")
+# Connections or requests cut off to keep the server responsive (fsq.server.http).
+DROP_KINDS = ("slow_body", "header_timeout", "over_capacity")
+# Decode budget breaches (issue 11): cpu = worker killed at FSQ_DECODE_SECONDS, pixels =
+# frames past FSQ_DECODE_PIXELS left unexamined.
+BUDGET_KINDS = ("cpu", "pixels")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -66,11 +72,13 @@ class Metrics:
         self.rejected = dict.fromkeys(REJECT_REASONS, 0)
         self.fail_open = dict.fromkeys(FAIL_OPEN_REASONS, 0)
         self.verdicts = dict.fromkeys(VERDICTS, 0)
+        self.dropped = dict.fromkeys(DROP_KINDS, 0)
         self.batches = 0
         self.model_calls = 0
         self.sealed = 0
         self.seal_failures = 0
         self.record_failures = 0
+        self.budget_breaches = dict.fromkeys(BUDGET_KINDS, 0)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.inflight = 0
@@ -96,6 +104,15 @@ class Metrics:
     def verdict(self, outcome: str) -> None:
         with self._lock:
             self.verdicts[outcome] = self.verdicts.get(outcome, 0) + 1
+
+    def drop(self, kind: str) -> None:
+        """One connection or request cut off (slow_body, header_timeout, over_capacity)."""
+        with self._lock:
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+    def budget_breach(self, kind: str) -> None:
+        with self._lock:
+            if kind in self.budget_breaches:
+                self.budget_breaches[kind] += 1
 
     def batch(self, size: int) -> None:
         with self._lock:
@@ -132,6 +149,12 @@ class Metrics:
             family("verdicts_total", "counter",
                    "Verdicts reached (error = the check failed), by verdict.",
                    labelled("verdicts_total", "verdict", self.verdicts))
+            family("dropped_total", "counter",
+                   "Connections or requests cut off to keep the server responsive: bodies "
+                   "slower than FSQ_SERVE_BODY_TIMEOUT (answered 408), headers not complete "
+                   "within FSQ_SERVE_HEADER_TIMEOUT, connections over "
+                   "FSQ_SERVE_MAX_CONNECTIONS.",
+                   labelled("dropped_total", "kind", self.dropped))
             family("batches_total", "counter", "Batches taken off the queue by the worker.",
                    [f"{PREFIX}batches_total {self.batches}"])
             family("model_calls_total", "counter",
@@ -150,6 +173,9 @@ class Metrics:
             family("record_failures_total", "counter",
                    "Verdicts that could not be written to the state database.",
                    [f"{PREFIX}record_failures_total {self.record_failures}"])
+            family("decode_budget_breaches_total", "counter",
+                   "Uploads over their decode budget (answered by --on-error), by kind.",
+                   labelled("decode_budget_breaches_total", "kind", self.budget_breaches))
             family("queue_depth", "gauge", "Uploads waiting for the batch worker.",
                    [f"{PREFIX}queue_depth {self.queue_depth()}"])
             family("inflight", "gauge", "Validation requests being handled.",

@@ -19,14 +19,20 @@ Checks, the same as the scanner's (fsq.pipeline helpers): allowlist, known-hash 
 cached verdict of identical content, then decode (undecodable -> ``--unreadable``: skip = 200
 and verdict 'unreadable', flag = 406 and sealed) and classify.
 
-Batching: handlers put uploads on an asyncio queue bounded by ``serve_queue`` (full ->
-overload policy). One worker task takes what is queued, up to ``batch_size`` uploads; a lone
-upload waits ``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker
-thread: hash and cheap checks, then decode and preprocess (spread over ``workers`` threads),
-then ONE classifier call for the whole batch, then per upload: record, seal if flagged,
-answer. A request waits at most ``serve_timeout``
-seconds (keep it below pict-rs's timeout) from its start, then the on-error policy answers;
-the upload is still checked and recorded afterwards, and sealed if flagged.
+Preparing, then batching: each upload is first prepared on its own, on a small pool of
+threads (max(``workers``, ``decode_workers``) + 1): hash and cheap checks (through a
+read-only connection of that thread), then decode in the worker-process pool
+(fsq.media.pool, killed at the CPU budget) and preprocess. So a decoding bomb holds one
+decode worker for its budget only and never the batch thread; a budget breach is an error of
+that upload alone and follows ``--on-error`` (counted in
+``fsq_serve_decode_budget_breaches_total``). Prepared uploads go on an asyncio queue;
+uploads being prepared or queued are bounded by ``serve_queue`` (full -> overload policy).
+One worker task takes what is queued, up to ``batch_size`` uploads; a lone upload waits
+``serve_batch_wait_ms`` for company first. The batch runs on one dedicated worker thread:
+ONE classifier call for the whole batch, then per upload: record, seal if flagged, answer.
+A request waits at most ``serve_timeout`` seconds (keep it below pict-rs's timeout) from
+its start, then the on-error policy answers; the upload is still checked and recorded
+afterwards, and sealed if flagged.
 
 Evidence first: a flagged upload is sealed into the vault (``Quarantiner.seal_upload``: the
 crash-safe journal without a source to remove) and its incident (origin 'serve') and audit
@@ -55,18 +61,21 @@ import logging
 import secrets
 import socket
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsq.decode import Decoded, hashes, sniff
+from fsq.media import Decoded, Unreadable, hashes, sniff
 from fsq.errors import ConfigError, UsageError
 from fsq.ledger import state
-from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_or_verdict,
-                          load_hash_lists, precheck, record_verdict)
+from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_request,
+                          load_hash_lists, precheck, record_verdict, unreadable_verdict)
 from fsq.quarantine.move import UNFINISHED, UPLOAD_SOURCE
+from fsq.server.http import (BodyBudget, BodyBudgetExceeded, BodyTimeout, BodyTooLarge,
+                             ConnectionLimits, fit_connections, guarded_protocol, read_body)
 from fsq.server.metrics import Metrics
 from fsq.timeutil import iso
 
@@ -108,6 +117,9 @@ class ServeOptions:
     queue: int = 64
     batch_wait_ms: int = 10
     batch_size: int = 8
+    header_timeout: float = 10.0
+    body_timeout: float = 15.0
+    max_connections: int = 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ServeOptions":
@@ -128,7 +140,10 @@ class ServeOptions:
         return cls(host=host, port=port, token=token, max_body=settings.serve_max_body,
                    on_error=settings.serve_on_error, timeout=settings.serve_timeout,
                    queue=settings.serve_queue, batch_wait_ms=settings.serve_batch_wait_ms,
-                   batch_size=settings.batch_size)
+                   batch_size=settings.batch_size,
+                   header_timeout=settings.serve_header_timeout,
+                   body_timeout=settings.serve_body_timeout,
+                   max_connections=settings.serve_max_connections)
 
 
 # --- one upload on its way through ---------------------------------------------------------------
@@ -185,7 +200,8 @@ class Validator:
 
     def __init__(self, *, conn: sqlite3.Connection, classifier: Classifier, quarantiner: Any,
                  scan_cfg: ScanConfig, opts: ServeOptions, known: dict[str, str],
-                 run_id: int | None = None, workers: int = 1) -> None:
+                 run_id: int | None = None, workers: int = 1, db_path: Any = None,
+                 decode_workers: int | None = None) -> None:
         self.conn = conn
         self.classifier = classifier
         self.quarantiner = quarantiner
@@ -195,17 +211,32 @@ class Validator:
         self.run_id = run_id
         self.metrics = Metrics()
         self.metrics.model_loaded = True
-        self._queue: asyncio.Queue[Upload | None] | None = None
+        self._queue: asyncio.Queue[_Item | None] | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One thread: all model work and every database access happen on it. Decoding and
-        # preprocessing of a batch fan out to ``workers`` threads (no database access there).
+        # One thread: all model work and every database write happen on it. Preparing
+        # (hash, cheap checks with a read-only connection per thread, decode in the process
+        # pool, preprocess) runs on max(workers, decode workers) + 1 threads, so that while
+        # every decode worker holds a bomb, uploads decided without decoding still get
+        # through.
+        from fsq.media import DecodePool
+        dw = decode_workers if decode_workers is not None else scan_cfg.decode_workers
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsq-serve")
-        self._decode_pool = (ThreadPoolExecutor(max_workers=workers,
-                                                thread_name_prefix="fsq-serve-decode")
-                             if workers > 1 else None)
-        # Bodies in memory are bounded too, not only the queue (each up to max_body).
+        self._decoder = DecodePool(dw, scan_cfg.decode_seconds)
+        self._prep_pool = ThreadPoolExecutor(max_workers=max(workers, dw) + 1,
+                                             thread_name_prefix="fsq-serve-prep")
+        self._db_path = db_path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._preparing: set[asyncio.Task] = set()
+        # Bodies in memory are bounded too, not only the queue (each up to max_body): at most
+        # _admit_limit complete bodies wait for verdicts, and bodies still arriving hold at
+        # most as many bytes between them. Slow senders therefore never take the slots of
+        # complete uploads (fsq.server.http).
         self._admit_limit = opts.queue + 2 * opts.batch_size
+        self._waiting = 0  # complete bodies waiting for a verdict (event loop only)
+        self._bodies = BodyBudget(self._admit_limit * opts.max_body)
         self._closed = False
 
     # -- lifecycle (event loop) -------------------------------------------------------------
@@ -218,13 +249,15 @@ class Validator:
 
     async def stop(self) -> None:
         """Finish everything queued, then record the end of the run and close the database."""
+        if self._preparing:  # uploads still being decoded go through the batch first
+            await asyncio.gather(*self._preparing, return_exceptions=True)
         if self._queue is not None and self._task is not None and not self._task.done():
             await self._queue.put(None)
             await self._task
         await asyncio.get_running_loop().run_in_executor(self._executor, self.close)
         self._executor.shutdown(wait=True)
-        if self._decode_pool is not None:
-            self._decode_pool.shutdown(wait=True)
+        self._prep_pool.shutdown(wait=True)
+        self._decoder.close()
 
     def close(self) -> None:
         if self._closed:
@@ -243,6 +276,10 @@ class Validator:
             log.error("could not record the end of serve run %s: %s", self.run_id, exc)
         finally:
             self.conn.close()
+            with self._readers_lock:
+                for c in self._readers:
+                    c.close()
+                self._readers.clear()
 
     @property
     def healthy(self) -> bool:
@@ -250,7 +287,7 @@ class Validator:
 
     # -- batching (event loop) --------------------------------------------------------------
 
-    def _drain(self, batch: list[Upload]) -> bool:
+    def _drain(self, batch: list[_Item]) -> bool:
         """Move queued uploads into ``batch`` up to batch_size; True if the stop mark came."""
         assert self._queue is not None
         while len(batch) < self.opts.batch_size:
@@ -281,8 +318,8 @@ class Validator:
                 await self._loop.run_in_executor(self._executor, self.process_batch, batch)
             except Exception:  # a bug; never let it kill the worker (every request would hang)
                 log.exception("batch of %d upload(s) failed", len(batch))
-                for up in batch:
-                    self._resolve(up, Outcome("error", "internal error"))
+                for it in batch:
+                    self._resolve(it.up, Outcome("error", "internal error"))
             if stop:
                 return
 
@@ -296,17 +333,44 @@ class Validator:
 
     # -- the checks (worker thread) ---------------------------------------------------------
 
-    def process_batch(self, batch: list[Upload]) -> None:
-        self.metrics.batch(len(batch))
-        items = [_Item(up) for up in batch]
-        for it in items:  # database reads stay on this thread
-            self._guard(it, self._precheck)
-        todo = [it for it in items if it.verdict is None and it.error is None]
-        if len(todo) > 1 and self._decode_pool is not None:
-            list(self._decode_pool.map(lambda it: self._guard(it, self._decode), todo))
-        else:
-            for it in todo:
-                self._guard(it, self._decode)
+    # -- preparing (prep threads) -----------------------------------------------------------
+
+    def submit(self, up: Upload) -> None:
+        """Prepare ``up`` in the background, then queue it for the batch (event loop)."""
+        assert self._loop is not None
+        task = self._loop.create_task(self._prepare_and_queue(up))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _prepare_and_queue(self, up: Upload) -> None:
+        assert self._loop is not None and self._queue is not None
+        it = _Item(up)
+        await self._loop.run_in_executor(self._prep_pool, self.prepare, it)
+        # Admission kept queued + preparing under the queue's size, so this does not wait;
+        # if it ever did, the upload would still be checked (never dropped once admitted).
+        await self._queue.put(it)
+
+    def prepare(self, it: _Item) -> None:
+        self._guard(it, self._precheck)
+        if it.verdict is None and it.error is None:
+            self._guard(it, self._decode)
+
+    def _reader(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            if self._db_path is None:
+                return self.conn  # tests that build a Validator by hand
+            from fsq.ledger.db import connect
+            c = connect(self._db_path)
+            self._local.conn = c
+            with self._readers_lock:
+                self._readers.append(c)
+        return c
+
+    # -- the checks (worker thread) ---------------------------------------------------------
+
+    def process_batch(self, items: list[_Item]) -> None:
+        self.metrics.batch(len(items))
         need = [it for it in items if it.tensors is not None and it.error is None]
         if need:
             self.metrics.add("model_calls")
@@ -316,9 +380,15 @@ class Validator:
                     raise RuntimeError(f"classifier returned {len(results)} results for "
                                        f"{len(need)} uploads")
                 for it, (decision, frame) in zip(need, results):
-                    assert it.decoded is not None
-                    it.verdict = clip_verdict(decision, frame, it.decoded,
-                                              self.classifier.model_id, self.cfg)
+                    d = it.decoded
+                    assert d is not None
+                    if (d.incomplete or "").startswith("budget") and not decision.flagged:
+                        # Frames past the pixel budget were not examined: --on-error.
+                        self.metrics.budget_breach("pixels")
+                        it.error = d.incomplete
+                        continue
+                    it.verdict = clip_verdict(decision, frame, d, self.classifier.model_id,
+                                              self.cfg)
             except Exception as exc:
                 log.error("classifier failed on a batch of %d upload(s): %s: %s", len(need),
                           exc.__class__.__name__, " ".join(str(exc).split())[:200])
@@ -346,17 +416,23 @@ class Validator:
         data = it.up.data
         it.sha256, it.md5 = hashes(data)
         it.sniffed = sniff(data)
-        v = precheck(self.conn, it.sha256, it.md5, self.known, use_cache=True)
+        v = precheck(self._reader(), it.sha256, it.md5, self.known, use_cache=True)
         if v is not None and v.method == "cache" and v.outcome == "unreadable":
             v = None  # cheap to decode again, and then the current --unreadable applies
         it.verdict = v
 
     def _decode(self, it: _Item) -> None:
-        """Decode and preprocess (decode pool: Pillow and numpy release the GIL)."""
-        it.decoded, it.verdict = decode_or_verdict(it.up.data, self.cfg)
-        if it.verdict is not None:
+        """Decode (worker process, under the budget) and preprocess (this thread)."""
+        try:
+            it.decoded = self._decoder.decode(it.up.data, decode_request(self.cfg))
+        except Unreadable as exc:
+            if exc.kind == "budget":  # this upload only: --on-error decides, not --unreadable
+                self.metrics.budget_breach(exc.facts.get("budget", "pixels"))
+                it.error = exc.reason
+                return
+            it.verdict = unreadable_verdict(exc.reason, exc.media_type, self.cfg,
+                                            {"decode": exc.kind})
             return
-        assert it.decoded is not None
         it.tensors = [self.classifier.preprocess(f) for f in it.decoded.frames]
         it.decoded.frames = []
 
@@ -455,9 +531,11 @@ class Validator:
             m.answered(status, took, reason=reason, fail_open=fail_open)
             log.log(level, "POST %s %d %s %.0fms size=%d type=%s client=%s%s", path, status,
                     label, took * 1000, size, ctype, client, extra)
-            msg = {200: "ok", 406: "rejected", 401: "unauthorized", 413: "too large",
-                   503: "unavailable"}[status]
-            return JSONResponse({"msg": msg}, status_code=status)
+            msg = {200: "ok", 406: "rejected", 401: "unauthorized", 408: "request timeout",
+                   413: "too large", 503: "unavailable"}[status]
+            # A 408 leaves the body unread: the connection cannot be reused, close it.
+            headers = {"Connection": "close"} if status == 408 else None
+            return JSONResponse({"msg": msg}, status_code=status, headers=headers)
 
         def policy(why: str, detail: str = ""):
             if self.opts.on_error == "accept":
@@ -474,31 +552,38 @@ class Validator:
             if declared is not None and declared.isdigit() and int(declared) > self.opts.max_body:
                 size = int(declared)
                 return answer(413, "too-large", reason="too_large", level=logging.WARNING)
-            if m.inflight > self._admit_limit:
-                return policy("overload", f" ({m.inflight} requests in flight)")
-            body = bytearray()
             try:
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > self.opts.max_body:
-                        size = len(body)
-                        return answer(413, "too-large", reason="too_large",
-                                      level=logging.WARNING)
+                body = await read_body(request, max_body=self.opts.max_body,
+                                       timeout=self.opts.body_timeout, budget=self._bodies)
+            except BodyTooLarge as exc:
+                size = exc.size
+                return answer(413, "too-large", reason="too_large", level=logging.WARNING)
+            except BodyTimeout as exc:
+                size = exc.received
+                m.drop("slow_body")
+                return answer(408, "slow-body", reason="slow_body", level=logging.WARNING,
+                              extra=f" (body not complete within {self.opts.body_timeout:g}s)")
+            except BodyBudgetExceeded:
+                return policy("overload", " (bodies being received hold the memory budget)")
             except ClientDisconnect:
                 log.info("POST %s: client went away before sending the whole body", path)
                 return JSONResponse({"msg": "incomplete"}, status_code=400)
             size = len(body)
+            if self._waiting >= self._admit_limit:
+                return policy("overload", f" ({self._waiting} uploads waiting for verdicts)")
             assert self._loop is not None and self._queue is not None
-            up = Upload(bytes(body), ctype, client, iso(), time.time(),
+            up = Upload(body, ctype, client, iso(), time.time(),
                         secrets.token_hex(6), self._loop.create_future())
             del body
-            try:
-                self._queue.put_nowait(up)
-            except asyncio.QueueFull:
-                # Not checked now; it is not recorded either (the worker is the only writer
-                # and it is the bottleneck): the log line is the record.
+            if self._queue.qsize() + len(self._preparing) >= self.opts.queue:
+                # Waiting = being prepared or queued for the batch (an upload the timeout
+                # policy answered still waits, and is still checked). Not checked now; not
+                # recorded either (the batch thread is the only writer and it is the
+                # bottleneck): the log line is the record.
                 return policy("overload", f" (queue of {self.opts.queue} full)")
+            self.submit(up)
             remaining = self.opts.timeout - (time.monotonic() - t0)
+            self._waiting += 1
             try:
                 out: Outcome = await asyncio.wait_for(asyncio.shield(up.future),
                                                       max(remaining, 0.0))
@@ -506,6 +591,8 @@ class Validator:
                 up.answered_by_policy = f"timeout-{self.opts.on_error}"
                 return policy("timeout", f" (no verdict within {self.opts.timeout:g}s; the "
                                          "upload is still checked and recorded)")
+            finally:
+                self._waiting -= 1
             sha = f" sha256={out.sha256[:16]}" if out.sha256 else ""
             if out.verdict == "flagged":
                 sealed = (f" sealed={out.entry_id}" if out.entry_id else " NOT-SEALED")
@@ -571,7 +658,8 @@ def open_validator(settings: Any, *, classifier: Classifier | None = None) -> Va
         log.warning("no FSQ_SERVE_TOKEN: any local process can call /validate (allowed on "
                     "loopback only)")
     return Validator(conn=conn, classifier=classifier, quarantiner=quarantiner, scan_cfg=cfg,
-                     opts=opts, known=known, run_id=run_id, workers=settings.workers)
+                     opts=opts, known=known, run_id=run_id, workers=settings.workers,
+                     db_path=settings.db, decode_workers=settings.decode_workers)
 
 
 def create_app(validator: Validator) -> Any:
@@ -610,12 +698,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, opts: ServeOptions) -> Any:
+def make_server(app: Any, opts: ServeOptions, metrics: Metrics | None = None) -> Any:
+    """uvicorn with fsq's guarded h11 protocol (header timeout, connection cap that keeps
+    room for real uploads; fsq.server.http). uvicorn's own ``limit_concurrency`` stays off: it
+    counts idle connections too and would answer 503 to real uploads during a flood."""
     import uvicorn
+    limits = ConnectionLimits(header_timeout=opts.header_timeout,
+                              max_connections=fit_connections(opts.max_connections))
+    count = metrics.drop if metrics is not None else (lambda kind: None)
     config = uvicorn.Config(
         app, lifespan="on", log_config=None,
         access_log=False,          # it would print /validate/TOKEN; we log redacted lines
         server_header=False, ws="none", proxy_headers=False,
+        http=guarded_protocol(limits, count),
+        backlog=min(4096, max(128, limits.max_connections)),
         timeout_graceful_shutdown=int(opts.timeout) + 5,
         timeout_keep_alive=30)
     return uvicorn.Server(config)
@@ -637,13 +733,16 @@ def serve_forever(settings: Any, *, classifier: Classifier | None = None) -> Non
         uv.addHandler(h)
     uv.setLevel(fsq_log.level or logging.INFO)
     uv.propagate = False
-    server = make_server(create_app(validator), validator.opts)
+    server = make_server(create_app(validator), validator.opts, validator.metrics)
     host = f"[{validator.opts.host}]" if ":" in validator.opts.host else validator.opts.host
     log.info("validating uploads at http://%s:%d/validate%s (on error: %s, timeout %gs, "
-             "max body %d bytes, batch %d / %d ms, queue %d)", host, sock.getsockname()[1],
+             "max body %d bytes, batch %d / %d ms, queue %d; header/body timeouts %g/%gs, "
+             "max %d connections)", host, sock.getsockname()[1],
              "/<token>" if validator.opts.token else "", validator.opts.on_error,
              validator.opts.timeout, validator.opts.max_body, validator.opts.batch_size,
-             validator.opts.batch_wait_ms, validator.opts.queue)
+             validator.opts.batch_wait_ms, validator.opts.queue,
+             validator.opts.header_timeout, validator.opts.body_timeout,
+             server.config.http._limits.max_connections)
     if validator.opts.timeout >= PICTRS_TIMEOUT_S:
         log.warning("--timeout %gs is not below pict-rs's default 30 s: pict-rs may give up "
                     "first (and reject) before the on-error policy answers",

@@ -8,6 +8,11 @@ starts with '/', never contains '..' or '.' segments, empty segments or NUL, and
 touches anything outside its root: ``check_key`` enforces that for every key that comes from
 outside (CLI arguments, the database).
 
+Names never stop a pass: a listed name fsq cannot represent or act on safely (not valid UTF-8,
+a backslash, a NUL, an unsafe path) is *listed* with the skip reason of
+``fsq.names.key_problem`` and never read; the pipeline records it as skipped and goes on.
+Local names are kept exact (``os.fsdecode`` with surrogateescape; see fsq.names).
+
 Errors: a Source raises ``SourceError`` (exit 3) when the storage itself fails (unreachable,
 credentials), and ``ObjectError`` for a problem with one object (vanished, permission denied),
 which the pipeline records against that object and carries on (invariant 6).
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from fsq.errors import SourceError, UsageError
+from fsq.names import display_key, key_problem
 
 
 class ObjectError(Exception):
@@ -38,6 +44,11 @@ class ObjectMissing(ObjectError):
         super().__init__(key, "no such object")
 
 
+class ObjectChanged(ObjectError):
+    """The object's content changed under fsq (while read, or between reading and acting on
+    it). An error on that object, done again next pass; never a failed pass."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One listed entry. ``skip_reason`` set = not a regular file; it is recorded, not read."""
@@ -49,12 +60,12 @@ class ObjectInfo:
 
 
 def check_key(key: str) -> str:
-    """Validate a relative POSIX key; raise UsageError for anything that could escape the root."""
-    if not key or key.startswith("/") or "\x00" in key or "\\" in key:
-        raise UsageError(f"invalid object key {key!r}: must be a relative POSIX path")
-    for seg in key.split("/"):
-        if seg in ("", ".", ".."):
-            raise UsageError(f"invalid object key {key!r}: empty, '.' or '..' segment")
+    """Validate a relative POSIX key; raise UsageError for anything that could escape the root
+    (or that fsq cannot represent: see ``fsq.names.key_problem``)."""
+    problem = key_problem(key)
+    if problem is not None:
+        raise UsageError(f"invalid object key '{display_key(key)}': "
+                         f"{problem.removesuffix('; never read')}")
     return key
 
 
@@ -127,5 +138,5 @@ def open_source(url: str, settings) -> Source:  # settings: fsq.config.Settings
                      "use file://, sftp:// or s3://")
 
 
-__all__ = ["ObjectInfo", "ObjectError", "ObjectMissing", "Source", "SourceError",
+__all__ = ["ObjectInfo", "ObjectChanged", "ObjectError", "ObjectMissing", "Source", "SourceError",
            "check_key", "open_source"]

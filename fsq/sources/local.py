@@ -10,6 +10,19 @@ written or removed.
   opened component by component relative to an ``O_DIRECTORY`` fd of the root with
   ``O_NOFOLLOW``, so a symlink planted in an intermediate directory after listing cannot redirect
   a read or a remove out of the root (no TOCTOU via path strings).
+
+Hostile names and shapes never stop a pass (invariant 6):
+
+* Names are kept exact: ``os.scandir`` on an fd yields ``str`` names decoded with
+  surrogateescape, so a name that is not valid UTF-8 keeps its bytes (``fsq.names``). A name
+  ``fsq.names.key_problem`` refuses (not UTF-8, backslash) is listed with that skip reason;
+  a directory with such a name is listed once, skipped, and not descended into.
+* Depth is bounded: a listing keeps one directory fd open per level, so a tree nested deeper
+  than ``MAX_DEPTH`` levels (pict-rs nests 3-4) is listed as one skipped entry per too-deep
+  directory instead of exhausting file descriptors. Every key read is resolved with at most two
+  fds open at a time, whatever its depth.
+* A file that changes while it is read (size or mtime differ before and after) is an
+  ``ObjectError`` on that object, retried next pass, not a failed pass.
 """
 
 from __future__ import annotations
@@ -22,9 +35,14 @@ from typing import Generator, Iterator
 from urllib.parse import unquote, urlsplit
 
 from fsq.errors import SourceError, UsageError
-from fsq.sources.base import ObjectError, ObjectInfo, ObjectMissing, Source, check_key
+from fsq.names import key_problem
+from fsq.sources.base import (ObjectChanged, ObjectError, ObjectInfo, ObjectMissing, Source,
+                              check_key)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+#: Deepest directory level listed (the root's entries are level 1). pict-rs uses 3-4 levels.
+MAX_DEPTH = 64
 
 
 class LocalSource(Source):
@@ -78,6 +96,11 @@ class LocalSource(Source):
                     continue
                 name = pending.pop()
                 rel = f"{parent_rel}/{name}" if parent_rel else name
+                if len(stack) >= MAX_DEPTH:
+                    # One fd per open level: refuse to go deeper rather than run out of fds.
+                    yield ObjectInfo(rel, 0, 0.0, f"directory nested deeper than {MAX_DEPTH} "
+                                     "levels; not descended into")
+                    continue
                 try:
                     fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
                 except PermissionError:
@@ -113,9 +136,14 @@ class LocalSource(Source):
         subdirs: list[str] = []
         for e in entries:
             key = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            problem = key_problem(key)
             try:
                 if e.is_dir(follow_symlinks=False):
-                    subdirs.append(e.name)
+                    if problem is not None:
+                        yield ObjectInfo(key, 0, 0.0, "directory " + problem.replace(
+                            "; never read", "; not descended into"))
+                    else:
+                        subdirs.append(e.name)
                     continue
                 st = e.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -123,7 +151,9 @@ class LocalSource(Source):
             except OSError as exc:
                 yield ObjectInfo(key, 0, 0.0, f"cannot stat: {exc.strerror}")
                 continue
-            if stat.S_ISREG(st.st_mode):
+            if problem is not None:
+                yield ObjectInfo(key, st.st_size, st.st_mtime, problem)
+            elif stat.S_ISREG(st.st_mode):
                 yield ObjectInfo(key, st.st_size, st.st_mtime)
             elif stat.S_ISDIR(st.st_mode):
                 subdirs.append(e.name)  # became a directory since readdir
@@ -215,6 +245,12 @@ class LocalSource(Source):
                 if max_bytes is not None and total > max_bytes:
                     raise ObjectError(key, f"too large (grew past {max_bytes} bytes)")
                 chunks.append(b)
+            after = os.fstat(fd)
+            if (total != after.st_size or after.st_size != st.st_size
+                    or after.st_mtime_ns != st.st_mtime_ns):
+                # Being written right now (or rewritten): these bytes may be a mix of two
+                # versions. An error on this object; the next pass reads it again.
+                raise ObjectChanged(key, "changed while it was being read; retried next pass")
             return b"".join(chunks)
         except OSError as exc:
             raise ObjectError(key, exc.strerror or str(exc)) from None

@@ -42,6 +42,7 @@ from typing import Any, Iterator, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from fsq.errors import ConfigError, SourceError, UsageError
+from fsq.names import key_problem
 from fsq.sources.base import ObjectError, ObjectInfo, ObjectMissing, Source, check_key
 
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -241,12 +242,9 @@ class S3Source(Source):
                 mtime = obj["LastModified"].timestamp()
                 if rel.endswith("/") and size == 0:
                     continue  # "folder" marker made by consoles and some tools
-                try:
-                    check_key(rel)
-                except UsageError:
-                    yield ObjectInfo(rel, size, mtime,
-                                     "key is not a safe relative path (empty, '.' or '..' "
-                                     "segment); never read")
+                problem = key_problem(rel)
+                if problem is not None:
+                    yield ObjectInfo(rel, size, mtime, problem)
                     continue
                 yield ObjectInfo(rel, size, mtime)
             if not page.get("IsTruncated"):

@@ -28,6 +28,10 @@ Path safety: nothing outside the root is read, written or removed.
 
 * Listing uses READDIR attributes, which OpenSSH's sftp-server takes with ``lstat``: symlinks
   and other non-regular entries are listed with a skip reason and never followed.
+* Names are read as bytes (``_listdir_raw``; paramiko's own listing decodes them strictly and
+  one non-UTF-8 name would fail the whole directory) and decoded with surrogateescape, as
+  ``os.fsdecode`` does locally; names ``fsq.names.key_problem`` refuses are listed skipped
+  with the reason (and the bytes), and the rest of the directory is listed as usual.
 * Before reading, stat'ing, removing or writing a key, fsq asks the server for the real path
   (SSH_FXP_REALPATH) of the key and requires it to equal ``<real root>/<key>``: a symlink in
   *any* component (an intermediate directory or the file itself) changes the real path and the
@@ -61,6 +65,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from fsq.errors import ConfigError, IntegrityError, SourceError, UsageError
+from fsq.names import key_problem
 from fsq.sources.base import ObjectError, ObjectInfo, ObjectMissing, Source, check_key
 
 try:
@@ -500,7 +505,7 @@ class SFTPSource(Source):
             abs_dir = posixpath.join(self._real_root or self.root, rel_dir) if rel_dir \
                 else (self._real_root or self.root)
             try:
-                entries = self._op(lambda sftp: sftp.listdir_attr(abs_dir), rel_dir or ".")
+                entries = self._op(lambda sftp: _listdir_raw(sftp, abs_dir), rel_dir or ".")
             except ObjectMissing:
                 if rel_dir:
                     continue  # removed while we walked
@@ -510,21 +515,18 @@ class SFTPSource(Source):
                     raise SourceError(f"cannot list {self.url}: {exc.reason}") from None
                 yield ObjectInfo(rel_dir, 0, 0.0, f"directory not readable ({exc.reason})")
                 continue
-            except UnicodeDecodeError:
-                yield ObjectInfo(rel_dir or ".", 0, 0.0,
-                                 "directory holds a file name that is not UTF-8; not listed")
-                continue
             for e in sorted(entries, key=lambda a: a.filename):
                 if e.filename in (".", ".."):
                     continue
                 key = f"{rel_dir}/{e.filename}" if rel_dir else e.filename
                 mode = e.st_mode or 0
                 mtime = float(e.st_mtime or 0)
-                try:
-                    check_key(key)
-                except UsageError:
-                    yield ObjectInfo(key, 0, mtime, "name is not a safe relative path; "
-                                     "never read")
+                problem = key_problem(key)
+                if problem is not None:
+                    if stat.S_ISDIR(mode):
+                        problem = "directory " + problem.replace("; never read",
+                                                                 "; not descended into")
+                    yield ObjectInfo(key, 0, mtime, problem)
                     continue
                 if stat.S_ISDIR(mode):
                     stack.append(key)
@@ -685,3 +687,36 @@ class SFTPSource(Source):
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _listdir_raw(sftp: Any, path: str) -> list[Any]:
+    """``SFTPClient.listdir_attr`` with names taken as bytes and decoded like ``os.fsdecode``
+    (UTF-8, surrogateescape), so one name that is not UTF-8 cannot fail the listing. Same
+    protocol exchange as paramiko's (OPENDIR, READDIR until EOF, CLOSE); '.' and '..' are
+    dropped. Uses paramiko's request and attribute parsing (stable since paramiko 1.x)."""
+    from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
+    from paramiko.sftp_attr import SFTPAttributes
+
+    t, msg = sftp._request(CMD_OPENDIR, path)
+    if t != CMD_HANDLE:
+        raise paramiko.sftp.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    out: list[Any] = []
+    try:
+        while True:
+            try:
+                t, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:
+                break  # end of the directory
+            if t != CMD_NAME:
+                raise paramiko.sftp.SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                name = msg.get_string().decode("utf-8", "surrogateescape")
+                longname = msg.get_string().decode("utf-8", "replace")
+                attr = SFTPAttributes._from_msg(msg, name, longname)
+                if name not in (".", ".."):
+                    out.append(attr)
+    finally:
+        sftp._request(CMD_CLOSE, handle)
+    return out
+

@@ -7,9 +7,9 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from fsq.errors import NotFound, UsageError
-from fsq.retention import EVIDENCE_STATES, HoldFacts, IncidentFacts, active_holds, \
+from fsq.custody.retention import EVIDENCE_STATES, HoldFacts, IncidentFacts, active_holds, \
     display_state, retention_end
+from fsq.errors import NotFound, UsageError
 from fsq.timeutil import iso, utcnow
 
 
@@ -47,8 +47,8 @@ def keys(conn: sqlite3.Connection, sha256: str) -> list[sqlite3.Row]:
 def summary(conn: sqlite3.Connection, row: sqlite3.Row, *, retention_days: int | None = None,
             now: datetime | None = None) -> dict[str, Any]:
     """One incident for listings. ``display_state`` is what a person should see (``held``
-    when a hold is active; see fsq.retention.display_state); ``retention_end`` is given for
-    incidents whose evidence is in the vault when ``retention_days`` is passed."""
+    when a hold is active; see fsq.custody.retention.display_state); ``retention_end`` is given
+    for incidents whose evidence is in the vault when ``retention_days`` is passed."""
     now = now or utcnow()
     ents = entries(conn, row["id"])
     held = [e for e in ents if e["state"] == "done"]

@@ -1,8 +1,9 @@
 """Legal-hold bookkeeping: holds, "marked reported" and clearance, each audited.
 
-These are the database side of the rules in ``fsq.retention`` (which stay pure). Every change
-is one transaction that also appends its audit event (``hold.added``, ``hold.lifted``,
-``incident.reported``, ``incident.cleared``), so the record and its audit row commit together.
+These are the database side of the rules in ``fsq.custody.retention`` (which stay pure).
+Every change is one transaction that also appends its audit event (``hold.added``,
+``hold.lifted``, ``incident.reported``, ``incident.cleared``), so the record and its audit row
+commit together.
 
 Validation mirrors what the law-shaped workflow needs: an unknown incident is ``NotFound``; a
 purged, released or mid-purge incident cannot be held, reported or cleared (``UsageError``); a
@@ -22,13 +23,14 @@ import sqlite3
 from datetime import datetime, time, timedelta, timezone
 from typing import Any, Callable
 
+from fsq.custody import decisions
+from fsq.custody.retention import HOLD_KINDS, HoldFacts, hold_active
 from fsq.errors import FsqError, NotFound, UsageError
 from fsq.ledger import audit
 from fsq.ledger.db import transaction
-from fsq.retention import HOLD_KINDS, HoldFacts, hold_active
 from fsq.timeutil import iso, parse_iso, utcnow
 
-log = logging.getLogger("fsq.holds")
+log = logging.getLogger("fsq.custody.holds")
 
 #: Clock skew tolerated for a report time given with --at.
 FUTURE_SKEW = timedelta(minutes=5)
@@ -87,6 +89,15 @@ def _refuse_final(row: sqlite3.Row, what: str) -> None:
     if st == "purging":
         raise UsageError(f"incident {row['id']} is being purged (an interrupted purge); run "
                          f"`fsq purge --after-clearance` to finish it; it cannot be {what}")
+
+
+def _sign(signer: Any, sign: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Audit-event fields of a signed decision ({} when unsigned)."""
+    if signer is None:
+        return {}
+    signed = sign(signer)
+    return {"signature": signed["signature"], "fingerprint": signed["fingerprint"],
+            "retention_start": signed["record"]["retention_start"]}
 
 
 def _clean(text: str | None, option: str) -> str:
@@ -199,7 +210,10 @@ def list_holds(conn: sqlite3.Connection, incident_id: int | None = None,
 
 
 def lift_hold(conn: sqlite3.Connection, hold_id: int, *, reason: str, by: str | None = None,
-              now: datetime | None = None) -> dict[str, Any]:
+              now: datetime | None = None, signer: Any = None) -> dict[str, Any]:
+    """Lift a hold. With ``signer`` (an unlocked ``fsq.custody.custodian.Signer``) the lift is
+    signed in the same transaction; an unsigned lift never lets purge through (see
+    ``fsq.custody.decisions``)."""
     now = now or utcnow()
     reason = _clean(reason, "--reason")
     by = by or audit.actor()
@@ -213,9 +227,10 @@ def lift_hold(conn: sqlite3.Connection, hold_id: int, *, reason: str, by: str | 
         was = hold_status(row, now)
         conn.execute("UPDATE holds SET lifted_at=?, lifted_by=?, lift_reason=? WHERE id=?",
                      (iso(now), by, reason, hold_id))
+        signed = _sign(signer, lambda s: decisions.sign_lift(conn, hold_id, s))
         audit.append(conn, "hold.lifted", f"incident:{row['incident_id']}",
                      {"hold": hold_id, "kind": row["kind"], "reason": reason, "by": by,
-                      "was": was})
+                      "was": was, **signed})
     result = _hold_dict(conn.execute("SELECT * FROM holds WHERE id=?", (hold_id,)).fetchone(),
                         now)
     result["was"] = was
@@ -229,10 +244,17 @@ def lift_hold(conn: sqlite3.Connection, hold_id: int, *, reason: str, by: str | 
 # --- reported / cleared ------------------------------------------------------------------------
 
 def mark_reported(conn: sqlite3.Connection, incident_id: int, *, reference: str,
-                  at: datetime | None = None, now: datetime | None = None) -> dict[str, Any]:
+                  at: datetime | None = None, now: datetime | None = None,
+                  signer: Any = None) -> dict[str, Any]:
     """Record that the incident was reported (e.g. a CyberTipline report id). The retention
     clock starts at ``at`` (default now). Marking again replaces the time and reference; the
-    audit event keeps the previous ones."""
+    audit event keeps the previous ones.
+
+    A cleared incident's signed clearance names the retention start, so changing it needs the
+    custodian (``signer``): the clearance is re-signed with the new start in the same
+    transaction. Without a signer the clearance stops authorising a purge (purge refuses on
+    the mismatch); that is the point: an appended backdated report must not shorten
+    retention."""
     now = now or utcnow()
     at = at or now
     if at > now + FUTURE_SKEW:
@@ -250,15 +272,23 @@ def mark_reported(conn: sqlite3.Connection, incident_id: int, *, reference: str,
             details["previous"] = {"reported_at": row["reported_at"],
                                    "reference": row["report_reference"]}
         audit.append(conn, "incident.reported", f"incident:{incident_id}", details)
+        if row["cleared_at"] is not None and signer is not None:
+            signed = decisions.sign_clearance(conn, incident_id, signer)
+            audit.append(conn, "custody.re-signed", f"incident:{incident_id}",
+                         {"kind": "clearance", "hold": None, "signature": signed["signature"],
+                          "fingerprint": signed["fingerprint"],
+                          "retention_start": signed["record"]["retention_start"]})
     return {"incident": incident_id, "reported_at": iso(at), "reference": reference,
             "previous": details.get("previous")}
 
 
 def clear_incident(conn: sqlite3.Connection, incident_id: int, *, by: str, reason: str,
-                   reference: str | None = None, now: datetime | None = None
-                   ) -> dict[str, Any]:
+                   reference: str | None = None, now: datetime | None = None,
+                   signer: Any = None) -> dict[str, Any]:
     """A person states that the evidence may be destroyed once retention allows. Destroys
-    nothing; `fsq purge --after-clearance` does, when the rule says so."""
+    nothing; `fsq purge --after-clearance` does, when the rule says so. With ``signer`` the
+    clearance is signed by the custodian in the same transaction (after checking the retention
+    start against the audit chain); purge refuses an unsigned one."""
     now = now or utcnow()
     by = _clean(by, "--by")
     reason = _clean(reason, "--reason")
@@ -275,8 +305,9 @@ def clear_incident(conn: sqlite3.Connection, incident_id: int, *, by: str, reaso
         conn.execute("UPDATE incidents SET cleared_at=?, cleared_by=?, clear_reason=?, "
                      "clear_reference=?, state='cleared' WHERE id=?",
                      (iso(now), by, reason, reference, incident_id))
+        signed = _sign(signer, lambda s: decisions.sign_clearance(conn, incident_id, s))
         audit.append(conn, "incident.cleared", f"incident:{incident_id}",
                      {"by": by, "reason": reason, "reference": reference,
-                      "sha256": row["sha256"], "md5": row["md5"]})
+                      "sha256": row["sha256"], "md5": row["md5"], **signed})
     return {"incident": incident_id, "cleared_at": iso(now), "cleared_by": by,
             "reason": reason, "reference": reference}

@@ -1,0 +1,248 @@
+"""Decoding untrusted image bytes into a few RGB frames for the classifier.
+
+Everything here parses attacker-controlled bytes, so:
+
+* The format is recognised from magic bytes, never from the file name, and only the formats
+  pict-rs stores are opened, each by its own Pillow plugin only (fsq.media.sniff.ALLOWED).
+* The decompression-bomb guard (``max_pixels``, FSQ_MAX_PIXELS) holds for *every* frame and
+  page: Pillow's own guard is set to it for the duration of the call (and its warning made an
+  error), and the size is checked again after every seek, before any pixel of that frame is
+  decoded.
+* Animations are walked under a pixel budget (fsq.media.budget): frames past the budget are
+  not sampled and the file is marked ``incomplete``. The CPU budget is enforced from outside
+  (fsq.media.pool runs this in a worker process and kills it at the budget).
+* A file whose data ends early is decoded in Pillow's truncated mode, per call, and classified
+  with its truncation facts (fsq.media.truncated); only a file with nothing decodable is
+  ``Unreadable``.
+* JPEGs are decoded in draft mode (DCT scaling) straight to about the size we need.
+* Every failure becomes ``Unreadable(reason)``: one bad file never stops a run (invariant 6).
+
+Pillow's switches (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``, the
+warning filters) are process-global. They are set only inside ``_pillow_settings``, under
+``_PILLOW_LOCK``, and restored on the way out; in a decode worker process nothing else runs,
+so they are in effect per call there. In-process callers (tests, the model-only benchmark)
+are serialised by the same lock.
+
+Frames are returned shrunk to fit ``fit`` x ``fit`` (512 by default, as the calibrated rule
+expects), RGB, with transparency composited on white.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from fsq.media import truncated
+from fsq.media.budget import (DecodeRequest, budget_reason, sample_indices,
+                              walkable_frames)
+from fsq.media.sniff import ALLOWED, VIDEO_TYPES, allowed_names, sniff
+
+_PILLOW_LOCK = threading.RLock()
+
+# Pillow signals corrupt or truncated data with a variety of exception types.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+                  KeyError, ZeroDivisionError, struct.error)
+# Pillow's guard: the error, and the warning that _pillow_settings turns into an error.
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class Unreadable(Exception):
+    """Nothing decodable; ``reason`` is short, human text. ``kind``: 'undecodable',
+    'refused' (format not allowed), 'bomb' (FSQ_MAX_PIXELS) or 'budget' (pixels/CPU)."""
+
+    def __init__(self, reason: str, media_type: str | None = None,
+                 kind: str = "undecodable", facts: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.media_type = media_type
+        self.kind = kind
+        self.facts = facts or {}
+
+
+@dataclass
+class Decoded:
+    frames: list[Image.Image]
+    media_type: str
+    width: int
+    height: int
+    n_frames: int            # frames in the file (only some are sampled)
+    sampled: list[int] = field(default_factory=list)  # frame indices in ``frames``
+    # Why part of the file was not examined (pixel budget, a bomb in a later frame): a file
+    # that does not flag on the frames that were examined is then 'unreadable' with this
+    # reason, not 'clean'.
+    incomplete: str | None = None
+    truncated: dict[str, int] | None = None  # fsq.media.truncated facts, if data ends early
+
+    def facts(self) -> dict[str, Any]:
+        """What the verdict records beside the classifier's scores."""
+        out: dict[str, Any] = {}
+        if self.truncated:
+            out["truncated"] = dict(self.truncated)
+            out["truncated_reason"] = truncated.describe(self.truncated)
+        if self.incomplete:
+            out["incomplete"] = self.incomplete
+        return out
+
+
+@contextmanager
+def _pillow_settings(max_pixels: int, load_truncated: bool) -> Iterator[None]:
+    with _PILLOW_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF/ICC noise from hostile files; not actionable
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old_max, old_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        ImageFile.LOAD_TRUNCATED_IMAGES = load_truncated
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_max, old_trunc
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def _bomb(w: int, h: int, limit: int, mt: str | None, where: str = "") -> Unreadable:
+    return Unreadable(f"decompression-bomb guard: {where}{w}x{h} = {w * h} pixels exceeds "
+                      f"the limit of {limit} (FSQ_MAX_PIXELS)", mt, kind="bomb")
+
+
+def _pillow_bomb(exc: Exception, mt: str | None, where: str = "") -> Unreadable:
+    return Unreadable(f"decompression-bomb guard{' ' + where if where else ''}: {exc} "
+                      "(FSQ_MAX_PIXELS)", mt, kind="bomb")
+
+
+def decode(data: bytes, req: DecodeRequest | None = None, *, max_pixels: int | None = None,
+           fit: int | None = None, max_frames: int | None = None,
+           on_facts: Any = None) -> Decoded:
+    """Decode ``data`` in this process (see the module docstring for who may call this
+    directly). ``on_facts(dict)`` is told the size and frame count as soon as the header is
+    read, before any pixel is decoded (the pool reports them if it has to kill the worker)."""
+    req = req or DecodeRequest()
+    over = {k: v for k, v in (("max_pixels", max_pixels), ("fit", fit),
+                              ("max_frames", max_frames)) if v is not None}
+    if over:
+        req = DecodeRequest(**{**req.to_json(), **over})
+    if not data:
+        raise Unreadable("empty file (0 bytes)")
+    mt = sniff(data)
+    if mt in VIDEO_TYPES:
+        raise Unreadable(f"video ({mt}) is not decoded", mt)
+    if mt is None:
+        raise Unreadable("not an image (unrecognised format)")
+    fmt = ALLOWED.get(mt)
+    if fmt is None:
+        raise Unreadable(f"format not allowed: {mt} (fsq decodes only {allowed_names()}, "
+                         "the formats pict-rs stores)", mt, kind="refused")
+    try:
+        with _pillow_settings(req.max_pixels, load_truncated=False):
+            return _decode(data, mt, fmt, req, on_facts)
+    except Unreadable:
+        raise
+    except _BOMBS as exc:
+        raise _pillow_bomb(exc, mt) from None
+    except _DECODE_ERRORS as exc:
+        first_error = str(exc).strip() or exc.__class__.__name__
+    except MemoryError:
+        raise Unreadable("decoding needed more memory than the decoder may use", mt) from None
+    # Strict decoding failed: decode what is there.
+    for candidate in truncated.salvage(data, mt):
+        try:
+            with _pillow_settings(req.max_pixels, load_truncated=True):
+                d = _decode(candidate, mt, fmt, req, None, partial_of=data)
+        except Unreadable:
+            raise
+        except (*_DECODE_ERRORS, MemoryError):
+            continue
+        if d.truncated is not None and d.truncated.get("rows_decoded", 1) == 0:
+            break  # nothing of the picture was there
+        return d
+    raise Unreadable(f"corrupt or truncated image: {first_error[:200]}", mt) from None
+
+
+def _decode(data: bytes, mt: str, fmt: str, req: DecodeRequest, on_facts: Any,
+            partial_of: bytes | None = None) -> Decoded:
+    try:
+        im = Image.open(io.BytesIO(data), formats=[fmt])
+    except UnidentifiedImageError:
+        raise Unreadable(f"not a decodable {mt} (damaged header)", mt) from None
+    except _BOMBS as exc:
+        raise _pillow_bomb(exc, mt) from None
+    with im:
+        return _frames(im, data, mt, req, on_facts, partial_of)
+
+
+def _frames(im: Image.Image, data: bytes, mt: str, req: DecodeRequest, on_facts: Any,
+            partial_of: bytes | None) -> Decoded:
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise Unreadable("image has no pixels", mt)
+    if w * h > req.max_pixels:
+        raise _bomb(w, h, req.max_pixels, mt)
+    out_type = Image.MIME.get(im.format or "", mt)
+    if mt == "image/apng" or (out_type == "image/png" and getattr(im, "is_animated", False)):
+        out_type = "image/apng"
+    n = int(getattr(im, "n_frames", 1) or 1)
+    if on_facts is not None:
+        on_facts({"media_type": out_type, "width": w, "height": h, "n_frames": n})
+    # The pixel budget: reaching frame i composites i + 1 screens.
+    walk = walkable_frames(w * h, n, req.budget_pixels) if n > 1 else 1
+    incomplete = budget_reason(n, w, h, req.budget_pixels, walk) if walk < n else None
+    if n == 1 and w * h > req.budget_pixels:
+        raise Unreadable(f"budget: one {w}x{h} frame is over the budget of "
+                         f"{req.budget_pixels} pixels (FSQ_DECODE_PIXELS)", mt, kind="budget")
+    indices = sample_indices(walk, req.max_frames)
+    frames: list[Image.Image] = []
+    sampled: list[int] = []
+    trunc: dict[str, int] | None = None
+    for i in indices:
+        try:
+            if n > 1:
+                im.seek(i)
+            fw, fh = im.size  # a later frame may claim more than the first (GIF)
+            if fw * fh > req.max_pixels:
+                raise _bomb(fw, fh, req.max_pixels, mt, f"frame {i} is ")
+            if im.format == "JPEG":
+                im.draft("RGB", (req.fit, req.fit))
+            im.load()
+            if partial_of is not None and not frames:
+                trunc = truncated.estimate(partial_of, mt, im)
+            fr = _to_rgb(im.copy() if n > 1 else im)
+            fr.load()
+        except (Unreadable, *_BOMBS, *_DECODE_ERRORS) as exc:
+            if not frames:
+                if isinstance(exc, _BOMBS):
+                    raise _pillow_bomb(exc, mt, f"at frame {i}") from None
+                raise
+            # Frames before this one decoded: classify them; the rest was not examined.
+            if isinstance(exc, Unreadable):
+                why = exc.reason
+            elif isinstance(exc, _BOMBS):
+                why = f"decompression-bomb guard at frame {i}: {exc} (FSQ_MAX_PIXELS)"
+            else:
+                why = f"frame {i} could not be decoded: {str(exc).strip()[:120]}"
+            incomplete = incomplete or why
+            if not isinstance(exc, (Unreadable, *_BOMBS)):
+                trunc = trunc or truncated.estimate(data, mt, None)
+            break
+        if fr.width > req.fit or fr.height > req.fit:
+            fr.thumbnail((req.fit, req.fit), Image.Resampling.BICUBIC)
+        frames.append(fr)
+        sampled.append(i)
+    if partial_of is None and trunc is None:
+        low = truncated.missing_bytes_min(data, mt)
+        if low:  # decoded fine, yet the structure says the end is missing
+            trunc = truncated.estimate(data, mt, None)
+    return Decoded(frames, out_type, w, h, n, sampled, incomplete=incomplete, truncated=trunc)

@@ -1,0 +1,231 @@
+"""Shared Starlette/uvicorn plumbing that keeps an fsq HTTP server from being starved.
+
+A validation endpoint that pict-rs waits on is only useful if a real upload is answered while
+someone else holds connections open. uvicorn alone does not ensure that (checked against
+uvicorn 0.54's source):
+
+* its h11/httptools protocols time out *idle keep-alive* connections (``timeout_keep_alive``)
+  but not a connection that never finishes its request headers, so half-open connections
+  pile up until accept() fails with EMFILE;
+* ``limit_concurrency`` counts every open connection, idle or half-open ones included, and
+  answers 503 to the *next real request* once they fill it: it would turn a flood of idle
+  connections into rejected uploads;
+* nothing bounds how long a request body may take: 1 byte per second holds a handler for ever.
+
+So fsq runs uvicorn with ``GuardedH11Protocol`` (a subclass of uvicorn's h11 protocol, made by
+``guarded_protocol``) and reads bodies with ``read_body``:
+
+* **Header timeout.** A connection must complete each request's headers within
+  ``header_timeout`` seconds of connecting (or of the first byte of a later request on a
+  kept-alive connection), else it is closed and counted (``header_timeout``).
+* **Connection cap that keeps room for real uploads.** At most ``max_connections`` open
+  connections. A new connection over the cap evicts the oldest connection that has not sent a
+  request yet (then the oldest idle kept-alive one); only when every connection is busy with a
+  request is the new one refused. Each eviction or refusal is counted (``over_capacity``).
+  A flood of half-open connections therefore costs the attacker its own oldest connections,
+  never a real upload's slot, and fds stay below the cap.
+* **Body timeout.** ``read_body`` gives the whole body ``body_timeout`` seconds from the end of
+  the headers; a slower one is answered 408 with ``Connection: close`` and counted
+  (``slow_body``). Any answer sent before its request's body was fully received (401, 413,
+  408, overload) closes the connection, so the rest of a body is never waited for. Bytes of bodies still arriving are bounded by a shared budget
+  (``BodyBudget``), so many slow bodies cannot hold memory either.
+* **File limit.** ``raise_nofile_limit`` lifts the soft RLIMIT_NOFILE towards the hard one at
+  start, so the cap (plus the process's own files) fits.
+
+Counters go to ``fsq.server.metrics.Metrics.dropped`` (``fsq_serve_dropped_total{kind=...}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any, Callable
+
+log = logging.getLogger("fsq.serve")
+
+#: File descriptors kept for the process itself (database, vault, model, threads, logs).
+FD_RESERVE = 128
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float = 10.0
+    max_connections: int = 1024
+
+
+# --- file limit --------------------------------------------------------------------------------
+
+def raise_nofile_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to at least ``wanted`` if the hard limit allows (never
+    lower it); return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft if soft != resource.RLIM_INFINITY else wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the open-file limit from %d to %d", soft, target)
+            soft = target
+        except (ValueError, OSError) as exc:  # pragma: no cover - depends on the system
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
+def fit_connections(max_connections: int) -> int:
+    """The connection cap that fits the file limit (raised first if allowed), with a warning
+    when it has to be lowered."""
+    soft = raise_nofile_limit(max_connections + FD_RESERVE)
+    fits = max(16, soft - FD_RESERVE)
+    if fits < max_connections:
+        log.warning("open-file limit %d leaves room for %d connections, not the %d asked for "
+                    "(FSQ_SERVE_MAX_CONNECTIONS); raise `ulimit -n` / LimitNOFILE", soft, fits,
+                    max_connections)
+        return fits
+    return max_connections
+
+
+# --- request bodies ----------------------------------------------------------------------------
+
+class BodyTimeout(Exception):
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class BodyBudgetExceeded(Exception):
+    """Bodies still arriving hold more bytes than the budget: this one is refused."""
+
+
+class BodyBudget:
+    """Bytes held by request bodies still being received, across all requests (event loop
+    only, so no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise BodyBudgetExceeded()
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+async def read_body(request: Any, *, max_body: int, timeout: float,
+                    budget: BodyBudget | None = None) -> bytes:
+    """The whole request body within ``timeout`` seconds, at most ``max_body`` bytes.
+    Raises BodyTimeout, BodyTooLarge, BodyBudgetExceeded or starlette's ClientDisconnect."""
+    body = bytearray()
+    held = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                if budget is not None and chunk:
+                    budget.take(len(chunk))
+                    held += len(chunk)
+                body += chunk
+                if len(body) > max_body:
+                    raise BodyTooLarge(len(body))
+    except TimeoutError:
+        raise BodyTimeout(len(body)) from None
+    finally:
+        if budget is not None:
+            budget.give(held)
+    return bytes(body)
+
+
+# --- the protocol --------------------------------------------------------------------------------
+
+def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> type:
+    """A uvicorn h11 protocol class with the header timeout and the connection cap above.
+    ``count(kind)`` is called with 'header_timeout' or 'over_capacity' for each drop."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _limits = limits
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._fsq_since = self.loop.time()
+            self._fsq_served = False           # has completed a request on this connection
+            self._fsq_header_timer: asyncio.TimerHandle | None = None
+            self._fsq_arm()
+            self._fsq_enforce_cap()
+
+        # -- header timeout --------------------------------------------------------------
+
+        def _fsq_arm(self) -> None:
+            if self._fsq_header_timer is None:
+                self._fsq_header_timer = self.loop.call_later(self._limits.header_timeout,
+                                                              self._fsq_header_timeout)
+
+        def _fsq_disarm(self) -> None:
+            if self._fsq_header_timer is not None:
+                self._fsq_header_timer.cancel()
+                self._fsq_header_timer = None
+
+        def _fsq_header_timeout(self) -> None:
+            self._fsq_header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            count("header_timeout")
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                self._fsq_arm()  # a request starts: its headers have header_timeout
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._fsq_disarm()  # headers complete; the body has read_body's timeout
+
+        def on_response_complete(self) -> None:
+            self._fsq_served = True
+            super().on_response_complete()
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # Answered before the body was read (401, 413, 408, overload): close, or a
+                # client trickling the rest would hold a busy connection (never evicted,
+                # never timed out: uvicorn restarts keep-alive on every byte) for ever.
+                self.transport.close()
+            # Otherwise idle again: uvicorn's keep-alive timer runs; our header timer
+            # restarts with the first byte of the next request (data_received).
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._fsq_disarm()
+            super().connection_lost(exc)
+
+        # -- connection cap --------------------------------------------------------------
+
+        def _fsq_idle(self) -> bool:
+            return (self.conn.their_state is h11.IDLE
+                    and (self.cycle is None or self.cycle.response_complete))
+
+        def _fsq_enforce_cap(self) -> None:
+            live = [c for c in self.connections
+                    if not c.transport.is_closing() and isinstance(c, GuardedH11Protocol)]
+            if len(live) <= self._limits.max_connections:
+                return
+            idle = [c for c in live if c is not self and c._fsq_idle()]
+            # Never-used connections first (a flood of half-open ones), oldest first; a
+            # kept-alive idle connection only after those.
+            victim = min(idle, key=lambda c: (c._fsq_served, c._fsq_since)) if idle else self
+            count("over_capacity")
+            victim.transport.close()
+
+    return GuardedH11Protocol
+
+
+__all__ = ["BodyBudget", "BodyBudgetExceeded", "BodyTimeout", "BodyTooLarge",
+           "ConnectionLimits", "FD_RESERVE", "fit_connections", "guarded_protocol",
+           "raise_nofile_limit", "read_body"]
