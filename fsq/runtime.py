@@ -54,7 +54,8 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
         decode_workers=settings.decode_workers, decode_seconds=settings.decode_seconds,
-        decode_pixels=settings.decode_pixels,
+        decode_pixels=settings.decode_pixels, max_frames=settings.max_frames,
+        max_video_seconds=settings.max_video_seconds, appended_data=settings.appended_data,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
         severity=settings.severity, rule_version=RULE_VERSION,
         decision_settings=decision_settings(settings, cs.digest, RULE_VERSION))
@@ -77,6 +78,8 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "severity": settings.severity, "rule_version": rule_version,
         "unreadable": settings.unreadable, "max_pixels": settings.max_pixels,
         "decode_pixels": settings.decode_pixels, "decode_seconds": settings.decode_seconds,
+        "max_frames": settings.max_frames, "max_video_seconds": settings.max_video_seconds,
+        "appended_data": settings.appended_data,
         "max_bytes": settings.max_bytes,
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
     }

@@ -109,17 +109,25 @@ def test_duration_limit_and_declared_frame_bomb(tmp_path):
     assert time.monotonic() - t0 < 5
 
 
-def test_decode_budget_ends_a_slow_file(tmp_path):
+def test_decode_budget_ends_a_slow_file_with_the_frames_it_has(tmp_path):
     data = make_video(tmp_path / "v.mp4", seconds=4)
     ticks = iter(range(0, 10_000, 5))            # an injected clock: 5 s per look
-    with pytest.raises(VideoUnreadable, match=r"budget: \d+ frames of 64x48"):
+    v = decode_video(data, limits=VideoLimits(budget_s=12), clock=lambda: next(ticks))
+    assert len(v.frames) == 1 and v.timestamps == [0.0]
+    assert v.incomplete and v.incomplete.startswith("budget: ") and "64x48" in v.incomplete
+    # Over budget before any frame: unreadable.
+    ticks = iter(range(100, 10_000, 100))
+    with pytest.raises(VideoUnreadable, match=r"budget: 1 frames of 64x48"):
         decode_video(data, limits=VideoLimits(budget_s=12), clock=lambda: next(ticks))
 
 
 def test_total_pixel_budget(tmp_path):
     data = make_video(tmp_path / "v.mp4", seconds=4)
+    v = decode_video(data, limits=VideoLimits(max_total_pixels=64 * 48 * 5))
+    assert v.incomplete and "decoded-pixel budget" in v.incomplete
+    assert v.decoded_frames == 6 and v.timestamps == [0.0]
     with pytest.raises(VideoUnreadable, match="decoded-pixel budget"):
-        decode_video(data, limits=VideoLimits(max_total_pixels=64 * 48 * 5))
+        decode_video(data, limits=VideoLimits(max_total_pixels=64 * 48 - 1))
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.9])

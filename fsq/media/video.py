@@ -63,6 +63,9 @@ class VideoFrames:
     decoded_frames: int = 0
     scene_changes: list[float] = field(default_factory=list)  # timestamps kept as such
     notes: list[str] = field(default_factory=list)
+    # A budget or limit met after some frames were sampled: those frames are returned (and
+    # classified); the rest of the video was not examined.
+    incomplete: str | None = None
 
 
 def sample_times(duration: float, max_frames: int) -> list[float]:
@@ -148,18 +151,31 @@ def _sample(container, limits: VideoLimits, fit: int, clock, t0: float) -> Video
 
     targets = sample_times(duration, limits.max_frames)
     out = VideoFrames([], [], duration, codec, w, h, declared)
-    scene_budget = max(0, limits.max_frames // 4)
-    last_small = None
-    pixels = 0
-    last_time = -1.0
-    ti = 0
-    frames_iter = None
 
     def over_budget() -> None:
         if clock() - t0 > limits.budget_s:
             raise VideoUnreadable(f"budget: {out.decoded_frames} frames of {w}x{h} ({codec}) "
                                   f"decoded in {limits.budget_s:.0f} s")
 
+    try:
+        _walk(container, stream, tb, targets, limits, fit, out, over_budget, w, h, codec)
+    except VideoUnreadable as exc:
+        if not out.frames:
+            raise
+        out.incomplete = exc.reason
+    if not out.frames:
+        raise VideoUnreadable(f"no decodable frame in the video ({codec})")
+    return out
+
+
+def _walk(container, stream, tb, targets, limits: VideoLimits, fit: int, out: VideoFrames,
+          over_budget, w: int, h: int, codec: str) -> None:
+    scene_budget = max(0, limits.max_frames // 4)
+    last_small = None
+    pixels = 0
+    last_time = -1.0
+    ti = 0
+    frames_iter = None
     while ti < len(targets):
         target = targets[ti]
         if frames_iter is None or (target - last_time > SEEK_GAP_S and last_time >= 0):
@@ -201,8 +217,5 @@ def _sample(container, limits: VideoLimits, fit: int, clock, t0: float) -> Video
         ti += 1
         while ti < len(targets) and targets[ti] <= last_time + 1e-3:
             ti += 1                      # this frame already stands for those targets
-    if not out.frames:
-        raise VideoUnreadable(f"no decodable frame in the video ({codec})")
-    if ti < len(targets):
-        out.notes.append(f"stream ended at {last_time:.2f} s of {duration:.2f} s declared")
-    return out
+    if ti < len(targets) and out.frames:
+        out.notes.append(f"stream ended at {last_time:.2f} s of {out.duration:.2f} s declared")
