@@ -161,6 +161,16 @@ SETTINGS: tuple[Setting, ...] = (
       "Pixels one file may make a decoder produce: logical screen x frames walked (animated "
       "GIF/WebP/APNG composite every earlier frame). Frames past it are not examined.",
       "1000000000", group="scan"),
+    S("max_frames", 32, _int_min(1),
+      "Frames sampled from one animation or video, spread over all its frames / its whole "
+      "duration (a file flags if any sampled frame flags).", "32", group="scan"),
+    S("max_video_seconds", 3600, _int_min(1),
+      "Videos declaring a longer duration (or more frames than that at their frame rate) are "
+      "unreadable, checked before any frame is decoded.", "3600", group="scan"),
+    S("appended_data", "flag", _choice("flag", "record"),
+      "Files carrying data after their format's real end (a second image, an archive): flag "
+      "them for quarantine and review (pict-rs serves those bytes too), or only record it. "
+      "Embedded images are classified either way.", "flag", group="scan"),
     S("max_bytes", 200 * 1024 * 1024, _int_min(1),
       "Files larger than this are not fetched (status error, reason too large).", "209715200",
       group="scan"),

@@ -114,6 +114,9 @@ class ScanConfig:
     decode_workers: int = 2            # processes of the decode pool (fsq.media.pool)
     decode_seconds: float = 10.0       # CPU budget of one file
     decode_pixels: int = 1_000_000_000  # pixel budget of one file (screen x frames walked)
+    max_frames: int = 32               # frames sampled from an animation or video
+    max_video_seconds: int = 3600      # longer videos are unreadable (checked before decoding)
+    appended_data: str = "flag"        # flag | record: data past a file's real end
     mode: str = "all"                  # all | daemon
     hash_lists: tuple[str, ...] = ()
     concepts_digest: str | None = None
@@ -480,7 +483,11 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
 
 
 def decode_request(cfg: ScanConfig) -> DecodeRequest:
-    return DecodeRequest(max_pixels=cfg.max_pixels, budget_pixels=cfg.decode_pixels)
+    # The video time budget stays under the pool's CPU budget, so a slow video ends with the
+    # frames it has (classified) rather than being killed with none.
+    return DecodeRequest(max_pixels=cfg.max_pixels, budget_pixels=cfg.decode_pixels,
+                         max_frames=cfg.max_frames, max_video_seconds=cfg.max_video_seconds,
+                         video_budget_ms=int(cfg.decode_seconds * 800))
 
 
 def decode_or_verdict(data: bytes, cfg: ScanConfig, decoder: Any = None
@@ -514,26 +521,44 @@ def clip_verdict(decision: Any, frame: int, d: Decoded, model_id: str, cfg: Scan
     """The verdict record of one classified file (``frame``: index of the deciding frame
     among the sampled ones). Truncation facts go beside the scores (and into the reason); a
     file that was not fully examined (``d.incomplete``: pixel budget, a bomb in a later
-    frame) and did not flag on what was examined is not 'clean' but unreadable."""
+    frame) and did not flag on what was examined is not 'clean' but unreadable. Data past the
+    file's real end (``d.appended``) flags it under ``cfg.appended_data == 'flag'`` even when
+    no frame does (method ``container``); its embedded images are among the frames."""
     details = decision.to_json()
     details["frame"] = d.sampled[frame] if d.sampled else frame
     details["frames_sampled"] = d.sampled
+    if d.labels:
+        details["frame_label"] = d.labels[frame] if frame < len(d.labels) else None
+    per_frame = getattr(decision, "per_frame", None)
+    if per_frame and len(per_frame) > 1:
+        # Which frames fired (label, timestamp for video) and how close each one came.
+        details["frames"] = [{**f, "label": d.labels[f["index"]] if f["index"] < len(d.labels)
+                              else None} for f in per_frame]
     details.update(d.facts())
     reason = _reason(decision)
     if d.truncated:
         reason += "; " + details["truncated_reason"]
+    if d.labels and (decision.flagged and len(d.labels) > 1) and frame < len(d.labels):
+        reason += f" (at {d.labels[frame]})"
+    common = dict(model_id=model_id, concepts_digest=cfg.concepts_digest,
+                  severity=cfg.severity, rule_version=cfg.rule_version,
+                  media_type=d.media_type, width=d.width, height=d.height, frames=d.n_frames)
+    if d.appended and not decision.flagged:
+        suspicious = f"suspicious: {d.appended['reason']}"
+        if cfg.appended_data == "flag":
+            return state.VerdictRecord("flagged", "container", suspicious, details=details,
+                                       **common)
+        reason += f"; {suspicious} (recorded, FSQ_APPENDED_DATA=record)"
+    elif d.appended:
+        reason += f"; {d.appended['reason']}"
     if d.incomplete and not decision.flagged:
         return unreadable_verdict(
             d.incomplete, d.media_type, cfg, details, model_id=model_id,
             concepts_digest=cfg.concepts_digest, severity=cfg.severity,
             rule_version=cfg.rule_version, width=d.width, height=d.height,
             frames=d.n_frames)
-    return state.VerdictRecord(
-        "flagged" if decision.flagged else "clean", "clip",
-        reason, model_id=model_id,
-        concepts_digest=cfg.concepts_digest, severity=cfg.severity,
-        rule_version=cfg.rule_version, media_type=d.media_type, width=d.width,
-        height=d.height, frames=d.n_frames, details=details)
+    return state.VerdictRecord("flagged" if decision.flagged else "clean", "clip", reason,
+                               details=details, **common)
 
 
 def record_verdict(conn: sqlite3.Connection, *, object_id: int, sha256: str, md5: str,

@@ -152,32 +152,48 @@ def test_pool_survives_a_worker_that_dies():
 
 # --- `python -m fsq scan` ------------------------------------------------------------------------
 
+# The scan is started by a small launcher process that forks it and reports its ru_maxrss.
+# Measuring from pytest directly would be wrong: Linux carries a process's RSS high-water mark
+# across exec, so a scan forked from a pytest process that already holds torch and models
+# (after other test files ran) would "peak" at pytest's size before it executed anything.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write("\\nFSQ_TEST_MAXRSS_KB=%d\\n" % usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _scan_proc(store: Path, tiny_model, concepts: Path, env_extra: dict[str, str]):
     """Run the real CLI; return (returncode, summary, stderr, peak RSS in MB, wall seconds).
-    The peak is ``ru_maxrss`` from ``os.wait4`` on the scan process: its own and that of the
-    descendants it reaped (the decode workers)."""
+    The peak is ``ru_maxrss`` from ``os.wait4`` on the scan process (taken by the launcher):
+    its own and that of the descendants it reaped (the decode workers)."""
+    import re
     import tempfile
     import threading
     env = {k: v for k, v in os.environ.items() if not k.startswith("FSQ_")}
     env.update({"PYTHONPATH": str(REPO), **env_extra})
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "fsq",
+        p = subprocess.Popen([sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "fsq",
                               *scan_args(store, tiny_model, concepts, "--dry-run")],
                              env=env, stdout=out, stderr=err, text=True)
-        watchdog = threading.Timer(240, p.kill)
-        watchdog.start()
         try:
-            _, status, usage = os.wait4(p.pid, 0)
-        finally:
-            watchdog.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)
+            p.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
         took = time.monotonic() - t0
         out.seek(0)
         err.seek(0)
         text, errors = out.read(), err.read()
+    m = re.search(r"FSQ_TEST_MAXRSS_KB=(\d+)", errors)
+    assert m, errors
     return (p.returncode, (json.loads(text) if text.strip() else None), errors,
-            usage.ru_maxrss / 1024, took)
+            int(m.group(1)) / 1024, took)
 
 
 def _store(tmp_path: Path, files: dict[str, bytes]) -> Path:

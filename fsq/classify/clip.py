@@ -318,11 +318,18 @@ class ClipClassifier:
                                for k in range(0, len(flat), step)])
         texts = self.concepts.texts
         best: list[tuple[Decision, int] | None] = [None] * len(items)
+        frames_of: list[list[dict]] = [[] for _ in items]
         for (i, j), row in zip(owner, sims):
             d = decide(dict(zip(texts, row.tolist())), self.concepts, self.severity)
+            frames_of[i].append({"index": j, "flagged": d.flagged,
+                                 "fired": [f["text"] for f in d.fired],
+                                 "underage_max": round(d.underage_max, 5)})
             cur = best[i]
             if cur is None or d.rank_key() > cur[0].rank_key():
                 best[i] = (d, j)
+        for b, per in zip(best, frames_of):
+            if b is not None and len(per) > 1:
+                b[0].per_frame = per
         return [b for b in best if b is not None]
 
     def __repr__(self) -> str:

@@ -61,6 +61,10 @@ class Decision:
     lewd_count: int = 0
     guarded: list[dict[str, Any]] = field(default_factory=list)
     underage_max: float = 0.0  # highest adjusted underage score, fired or not
+    # For a file of several frames, the file-level decision carries one summary per frame
+    # (index, flagged, fired concepts, underage_max), so the verdict can say which frames
+    # (video timestamps) fired. Not part of to_json(): the verdict records it on its own.
+    per_frame: list[dict[str, Any]] = field(default_factory=list)
 
     def top(self, n: int = 5) -> list[tuple[str, float]]:
         """The ``n`` highest raw similarities, highest first (for log lines and reports)."""

@@ -25,7 +25,10 @@ class DecodeRequest:
     max_pixels: int = 64_000_000        # FSQ_MAX_PIXELS: one frame/page
     budget_pixels: int = 1_000_000_000  # FSQ_DECODE_PIXELS: screen x frames walked
     fit: int = 512                      # frames are shrunk to fit fit x fit
-    max_frames: int = 4                 # frames sampled from an animation
+    max_frames: int = 32                # FSQ_MAX_FRAMES: sampled from an animation/video
+    max_video_seconds: int = 3600       # FSQ_MAX_VIDEO_SECONDS
+    video_budget_ms: int = 8000         # wall-clock budget of one video's frame sampling
+    max_embedded: int = 4               # embedded images carved from appended data
 
     def to_json(self) -> dict[str, int]:
         return asdict(self)

@@ -79,6 +79,13 @@ class Decoded:
     # reason, not 'clean'.
     incomplete: str | None = None
     truncated: dict[str, int] | None = None  # fsq.media.truncated facts, if data ends early
+    # One label per frame in ``frames``: "frame 3", "3.00 s" (video), "appended png at byte
+    # 5120" (an image carved from data past the file's end).
+    labels: list[str] = field(default_factory=list)
+    times: list[float] | None = None         # video: timestamp of each own frame, seconds
+    # fsq.media.container facts when the file carries data past its real end.
+    appended: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def facts(self) -> dict[str, Any]:
         """What the verdict records beside the classifier's scores."""
@@ -88,7 +95,31 @@ class Decoded:
             out["truncated_reason"] = truncated.describe(self.truncated)
         if self.incomplete:
             out["incomplete"] = self.incomplete
+        if self.times is not None:
+            out["frame_times"] = list(self.times)
+        if self.appended:
+            out["appended"] = dict(self.appended)
+        if self.notes:
+            out["decode_notes"] = list(self.notes)
         return out
+
+    _META = ("media_type", "width", "height", "n_frames", "sampled", "incomplete", "truncated",
+             "labels", "times", "appended", "notes")
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the pixels, JSON-able (the decode worker's answer)."""
+        return {k: getattr(self, k) for k in self._META}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], frames: list[Image.Image]) -> "Decoded":
+        return cls(frames, **{k: meta.get(k) for k in cls._META if k in meta}) \
+            ._fill_defaults()
+
+    def _fill_defaults(self) -> "Decoded":
+        self.sampled = self.sampled or []
+        self.labels = self.labels or []
+        self.notes = self.notes or []
+        return self
 
 
 @contextmanager
@@ -138,8 +169,13 @@ def decode(data: bytes, req: DecodeRequest | None = None, *, max_pixels: int | N
     if not data:
         raise Unreadable("empty file (0 bytes)")
     mt = sniff(data)
-    if mt in VIDEO_TYPES:
-        raise Unreadable(f"video ({mt}) is not decoded", mt)
+    d = _video(data, mt, req, on_facts) if mt in VIDEO_TYPES else _still(data, mt, req,
+                                                                          on_facts)
+    return _appended(data, d, req)
+
+
+def _still(data: bytes, mt: str | None, req: DecodeRequest, on_facts: Any) -> Decoded:
+    """An image or animation (every format but video)."""
     if mt is None:
         raise Unreadable("not an image (unrecognised format)")
     fmt = ALLOWED.get(mt)
@@ -245,4 +281,69 @@ def _frames(im: Image.Image, data: bytes, mt: str, req: DecodeRequest, on_facts:
         low = truncated.missing_bytes_min(data, mt)
         if low:  # decoded fine, yet the structure says the end is missing
             trunc = truncated.estimate(data, mt, None)
-    return Decoded(frames, out_type, w, h, n, sampled, incomplete=incomplete, truncated=trunc)
+    labels = [f"frame {i}" for i in sampled] if n > 1 else ["image"]
+    return Decoded(frames, out_type, w, h, n, sampled, incomplete=incomplete, truncated=trunc,
+                   labels=labels)
+
+
+def _video(data: bytes, mt: str, req: DecodeRequest, on_facts: Any) -> Decoded:
+    """Sampled frames of a video (fsq.media.video), under the request's limits."""
+    from fsq.media.video import VideoLimits, VideoUnreadable, decode_video
+    limits = VideoLimits(max_frames=req.max_frames, max_seconds=float(req.max_video_seconds),
+                         max_pixels=req.max_pixels, max_total_pixels=req.budget_pixels,
+                         budget_s=req.video_budget_ms / 1000)
+    try:
+        v = decode_video(data, limits=limits, fit=req.fit)
+    except VideoUnreadable as exc:
+        kind = ("bomb" if "FSQ_MAX_PIXELS" in exc.reason else
+                "budget" if exc.reason.startswith(("budget", "limit")) else "undecodable")
+        raise Unreadable(exc.reason, mt, kind=kind) from None
+    if on_facts is not None:
+        on_facts({"media_type": mt, "width": v.width, "height": v.height,
+                  "n_frames": v.declared_frames})
+    notes = [f"codec {v.codec}, {v.duration:.2f} s, {v.decoded_frames} frames decoded"]
+    notes += v.notes
+    if v.scene_changes:
+        notes.append("scene changes kept at " + ", ".join(f"{t:.2f} s" for t in
+                                                          v.scene_changes))
+    return Decoded(v.frames, mt, v.width, v.height, v.declared_frames or v.decoded_frames,
+                   list(range(len(v.frames))), incomplete=v.incomplete,
+                   labels=[f"{t:.2f} s" for t in v.timestamps], times=list(v.timestamps),
+                   notes=notes)
+
+
+def _appended(data: bytes, d: Decoded, req: DecodeRequest) -> Decoded:
+    """Container check (fsq.media.container): data past the file's real end is recorded, and
+    every embedded image or video found there is decoded under the same limits and its frames
+    are added for the classifier (labelled), so the file flags if any of them does."""
+    from fsq.media import container
+    facts = container.check(data, d.media_type if d.media_type in container.WALKERS else
+                            sniff(data))
+    if not facts.suspicious:
+        return d
+    info: dict[str, Any] = {**facts.to_json(), "reason": facts.describe(),
+                            "kinds": facts.kinds(), "classified": [], "undecodable": []}
+    carved = 0
+    for e in facts.embedded:
+        if e.kind not in container.KIND_MEDIA or carved >= req.max_embedded:
+            continue
+        carved += 1
+        part = container.carve(data, e)
+        sub = DecodeRequest(**{**req.to_json(), "max_frames": min(req.max_frames, 8)})
+        where = f"appended {e.kind} at byte {e.offset}"
+        try:
+            mt = container.KIND_MEDIA[e.kind]
+            inner = (_video(part, mt, sub, None) if mt in VIDEO_TYPES
+                     else _still(part, sniff(part), sub, None))
+        except Unreadable as exc:
+            info["undecodable"].append({"kind": e.kind, "offset": e.offset,
+                                        "reason": exc.reason})
+            continue
+        d.frames.extend(inner.frames)
+        d.labels.extend(f"{where}, {lab}" if len(inner.frames) > 1 else where
+                        for lab in inner.labels)
+        d.sampled.extend(-1 for _ in inner.frames)   # not frames of the outer file
+        info["classified"].append({"kind": e.kind, "offset": e.offset,
+                                   "frames": len(inner.frames)})
+    d.appended = info
+    return d

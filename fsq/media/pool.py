@@ -112,9 +112,7 @@ class _Worker:
             if len(raw) != w * h * 3:
                 raise _Stopped("crashed", {})
             frames.append(Image.frombuffer("RGB", (w, h), raw, "raw", "RGB", 0, 1))
-        return Decoded(frames, msg["media_type"], msg["width"], msg["height"],
-                       msg["n_frames"], msg["sampled"], incomplete=msg.get("incomplete"),
-                       truncated=msg.get("truncated"))
+        return Decoded.from_meta(msg, frames)
 
     def kill(self, wait: bool = True) -> None:
         try:

@@ -65,9 +65,7 @@ def serve(conn: Connection) -> None:
                   "media_type": None, "kind": "undecodable", "facts": {}})
             continue
         frames = [f if f.mode == "RGB" else f.convert("RGB") for f in d.frames]
-        send({"type": "ok", "media_type": d.media_type, "width": d.width, "height": d.height,
-              "n_frames": d.n_frames, "sampled": d.sampled, "incomplete": d.incomplete,
-              "truncated": d.truncated, "frames": [list(f.size) for f in frames]})
+        send({"type": "ok", **d.meta(), "frames": [list(f.size) for f in frames]})
         for f in frames:
             conn.send_bytes(f.tobytes())
 
