@@ -7,7 +7,9 @@ import json
 import click
 
 from fsq.cli.common import Exit, db_option, echo_json, json_option, load, open_db, table
+from fsq.errors import IntegrityError
 from fsq.ledger import audit as auditlog
+from fsq.ledger.db import integrity_check
 
 
 @click.group("audit")
@@ -30,6 +32,13 @@ def verify(anchor, db, as_json):
     """
     settings = load(db=db)
     conn = open_db(settings, create=False)
+    # A damaged database could hide or garble rows the chain walk never sees: check the
+    # whole file (indexes included) before calling the log intact.
+    damage = integrity_check(conn)
+    if damage:
+        raise IntegrityError(f"state database {settings.db} is damaged ({'; '.join(damage)[:300]}"
+                             "); the audit log cannot be called intact. Keep the file and "
+                             "restore the last backup (docs/operations.md)")
     res = auditlog.verify(conn, anchor)
     if as_json:
         echo_json({"ok": res.ok, "rows": res.rows, "head": res.head, "bad_seq": res.bad_seq,

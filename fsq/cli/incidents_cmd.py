@@ -29,7 +29,7 @@ def incidents(states, db, as_json):
       fsq incidents --state held --json
     """
     settings = load(db=db)
-    conn = open_db(settings)
+    conn = open_db(settings, create=False)
     rows = [summary(conn, r, retention_days=settings.retention_days)
             for r in conn.execute("SELECT * FROM incidents ORDER BY id")]
     if states:

@@ -89,7 +89,7 @@ def change_passphrase(vault_private_key, new_passphrase_file, passphrase_file, d
     new = get_passphrase(env=None, file=new_passphrase_file, prompt=True, confirm=True,
                          what="new vault passphrase", env_name="--new-passphrase-file")
     change(priv, old, new)
-    audit.append(open_db(settings), "key.passphrase_changed", "vault-key",
+    audit.append(open_db(settings, create=False), "key.passphrase_changed", "vault-key",
                  {"private_key": str(priv)})
     click.echo(f"passphrase of {priv} changed")
 

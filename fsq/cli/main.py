@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 other failure, 2 usage/configuration, 3 external service, 4 
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 import click
@@ -39,18 +40,36 @@ class FsqGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.Abort):
             raise
+        except sqlite3.DatabaseError as e:
+            # Corruption met mid-command (a page quick_check at open did not reach, or damage
+            # since): an integrity failure of the state database, not a bug in fsq.
+            if debug or not _is_corruption(e):
+                raise_or_internal(ctx, e, debug)
+            what = ' '.join(str(e).split())
+            click.echo(f"fsq: error: the state database is damaged ({what}); stop fsq, keep the "
+                       "file, restore the last backup (docs/operations.md)", err=True)
+            ctx.exit(4)
         except Exception as e:  # a bug: say so, hide the traceback unless --debug
-            if debug:
-                raise
-            click.echo(f"fsq: internal error: {e.__class__.__name__}: {e} "
-                       "(rerun with --debug for a traceback and report it)", err=True)
-            ctx.exit(1)
+            raise_or_internal(ctx, e, debug)
 
     def resolve_command(self, ctx, args):
         name, cmd, rest = super().resolve_command(ctx, args)
         if name:
             set_command(name)
         return name, cmd, rest
+
+
+def raise_or_internal(ctx: click.Context, e: Exception, debug: bool) -> None:
+    if debug:
+        raise e
+    click.echo(f"fsq: internal error: {e.__class__.__name__}: {e} "
+               "(rerun with --debug for a traceback and report it)", err=True)
+    ctx.exit(1)
+
+
+def _is_corruption(e: sqlite3.DatabaseError) -> bool:
+    from fsq.ledger.db import is_corruption as corrupt
+    return type(e) is sqlite3.DatabaseError or corrupt(e)
 
 
 @click.group(cls=FsqGroup, epilog=EPILOG,

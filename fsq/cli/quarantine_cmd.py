@@ -29,8 +29,8 @@ def apply(source, keys, vault, vault_public_key, accept_new_host_key, db, as_jso
     """
     settings = load(source=source, vault=vault, vault_public_key=vault_public_key, db=db,
                     sftp_accept_new_host_key=accept_new_host_key)
+    conn = open_db(settings, create=False)
     q = build_quarantiner(settings)
-    conn = open_db(settings)
     with open_source(settings.source, settings) as src:
         rec = q.recover(conn, {src.url: src})
         res = q.apply_pending(conn, src, keys=set(keys) if keys else None)
@@ -64,8 +64,8 @@ def recover(source, vault, vault_public_key, accept_new_host_key, db, as_json):
     """
     settings = load(source=source, vault=vault, vault_public_key=vault_public_key, db=db,
                     sftp_accept_new_host_key=accept_new_host_key)
+    conn = open_db(settings, create=False)
     q = build_quarantiner(settings)
-    conn = open_db(settings)
     with open_source(settings.source, settings) as src:
         counts = q.recover(conn, {src.url: src})
     if as_json:
