@@ -46,10 +46,15 @@ def build_classifier(settings: Settings, concepts=None):
 
 
 def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
-                concepts=None) -> ScanConfig:
+                concepts=None, rescan_stale: bool = False) -> ScanConfig:
     from fsq.classify.rule import RULE_VERSION
+    from fsq.ledger.stale import settings_digest
     cs = concepts if concepts is not None else load_concept_set(settings)
     return ScanConfig(
+        settings_digest=settings_digest(model=settings.model, pretrained=settings.pretrained,
+                                        concepts_digest=cs.digest, severity=settings.severity,
+                                        rule_version=RULE_VERSION),
+        rescan_stale=rescan_stale,
         dry_run=dry_run, rescan=rescan, unreadable=settings.unreadable,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
@@ -87,10 +92,11 @@ def build_quarantiner(settings: Settings):
 def build_scanner(settings: Settings, conn: sqlite3.Connection, source: Source, *,
                   dry_run: bool, rescan: bool = False, mode: str = "all",
                   progress: Callable[..., None] | None = None,
-                  actor: Any = None) -> Scanner:
+                  actor: Any = None, rescan_stale: bool = False) -> Scanner:
     # Concept-file errors must surface before any listing starts (exit 2 at once).
     concepts = load_concept_set(settings)
-    cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts)
+    cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts,
+                      rescan_stale=rescan_stale)
     return Scanner(conn, source, cfg,
                    classifier_factory=lambda: build_classifier(settings, concepts),
                    actor=actor, progress=progress, db_path=settings.db)

@@ -44,10 +44,13 @@ def classifier_options(f):
     return f
 
 
-def print_summary(s, as_json: bool) -> None:
+def print_summary(s, as_json: bool, rescan_stale: bool = False) -> None:
     if as_json:
         echo_json(s.to_json())
         return
+    if s.stale and rescan_stale:
+        click.echo(f"{s.stale} object(s) had been decided under another "
+                   f"{'/'.join(s.stale_changed) or 'model'}: decided again in this run")
     click.echo(f"run {s.run_id}: {s.status} in {s.seconds:.1f}s: listed {s.listed}, "
                f"scanned {s.scanned}, skipped {s.skipped}, clean {s.clean}, "
                f"flagged {s.flagged}, unreadable {s.unreadable}, errors {s.errors}"
@@ -69,13 +72,17 @@ def print_summary(s, as_json: bool) -> None:
                                "[FSQ_SOURCE].")
 @click.option("--dry-run", is_flag=True, help="Record verdicts; quarantine nothing.")
 @click.option("--rescan", is_flag=True, help="Fetch and classify again even unchanged keys.")
+@click.option("--rescan-stale", is_flag=True,
+              help="Re-decide exactly the objects decided under another model, concept set, "
+                   "severity or rule version (a scan counts them; unchanged keys are skipped "
+                   "otherwise).")
 @click.option("--interval", type=int, help="Seconds between daemon passes [FSQ_INTERVAL].")
 @vault_options
 @classifier_options
 @host_key_option
 @db_option
 @json_option
-def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_public_key, model,
+def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vault, vault_public_key, model,
          pretrained, concepts, severity, precision, device, batch_size, workers, threads,
          unreadable, hash_lists, accept_new_host_key, db, as_json):
     """Scan a pict-rs store, classify new images, quarantine what is flagged.
@@ -88,6 +95,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
       fsq scan --all --dry-run --source file:///srv/lemmy/volumes/pictrs/files
       fsq scan --daemon --interval 600 --source s3://pictrs-bucket
       fsq scan --all --model ./cfg.json --pretrained ./weights.pt --json
+      fsq scan --all --severity strict --rescan-stale   # after changing a decision setting
     """
     if mode_all and daemon:
         raise UsageError("--all and --daemon exclude each other; pick one")
@@ -104,7 +112,8 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
         actor.recover(conn, {src.url: src})  # finish moves a crash left half-done
     progress = Progress("scan")
     scanner = build_scanner(settings, conn, src, dry_run=dry_run, rescan=rescan,
-                            mode="daemon" if daemon else "all", progress=progress, actor=actor)
+                            mode="daemon" if daemon else "all", progress=progress, actor=actor,
+                            rescan_stale=rescan_stale)
     stop = threading.Event()
 
     def _on_signal(signum, frame):
@@ -125,10 +134,14 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
                 summary.quarantine_failed += res["failed"]
                 summary.problems.extend({"key": p["key"], "status": "quarantine-failed",
                                          "reason": p["reason"]} for p in res["problems"])
-            print_summary(summary, as_json)
+            print_summary(summary, as_json, scanner.cfg.rescan_stale)
+            if summary.stale and not scanner.cfg.rescan_stale and not rescan:
+                warn(f"{summary.stale} object(s) were decided under another "
+                     f"{'/'.join(summary.stale_changed) or 'model'} and were not looked at "
+                     "again; `fsq scan --rescan-stale` re-decides exactly those")
             if not daemon or stop.is_set():
                 break
-            scanner.cfg.rescan = False
+            scanner.cfg.rescan = scanner.cfg.rescan_stale = False
             log.info("next pass in %ss", settings.interval)
             if stop.wait(settings.interval):
                 break

@@ -176,6 +176,11 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """),
+    (6, "verdict settings digest", r"""
+-- The digest of the decision settings (model, weights, concept set, severity, rule version)
+-- that produced a model verdict; see fsq.ledger.stale. NULL for verdicts from before.
+ALTER TABLE verdicts ADD COLUMN settings_digest TEXT;
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -32,6 +32,7 @@ class VerdictRecord:
     height: int | None = None
     frames: int | None = None
     details: dict[str, Any] | None = None
+    settings_digest: str | None = None  # decision settings of a model verdict (ledger.stale)
 
 
 # --- objects -----------------------------------------------------------------------------------
@@ -86,20 +87,27 @@ def objects_with_status(conn: sqlite3.Connection, source: str, status: str
 def insert_verdict(conn: sqlite3.Connection, sha256: str, v: VerdictRecord) -> int:
     cur = conn.execute(
         "INSERT INTO verdicts (sha256, created_at, outcome, reason, method, model_id, "
-        "concepts_digest, severity, rule_version, media_type, width, height, frames, details) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "concepts_digest, severity, rule_version, media_type, width, height, frames, details, "
+        "settings_digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (sha256, iso(), v.outcome, v.reason, v.method, v.model_id, v.concepts_digest,
          v.severity, v.rule_version, v.media_type, v.width, v.height, v.frames,
-         json.dumps(v.details or {}, sort_keys=True)))
+         json.dumps(v.details or {}, sort_keys=True), v.settings_digest))
     return int(cur.lastrowid)
 
 
-def cached_verdict(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
+def cached_verdict(conn: sqlite3.Connection, sha256: str, settings_digest: str | None = None
+                   ) -> sqlite3.Row | None:
     """Latest conclusive verdict for identical content (any key), so it is not classified
-    again. Errors are not conclusive."""
+    again. Errors are not conclusive. With ``settings_digest``, a model verdict (or a reuse of
+    one) counts only if it was decided under those settings (fsq.ledger.stale)."""
+    if settings_digest is None:
+        return conn.execute(
+            "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged',"
+            "'unreadable') ORDER BY id DESC LIMIT 1", (sha256,)).fetchone()
     return conn.execute(
         "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged','unreadable') "
-        "ORDER BY id DESC LIMIT 1", (sha256,)).fetchone()
+        "AND (method NOT IN ('clip','cache') OR settings_digest=?) ORDER BY id DESC LIMIT 1",
+        (sha256, settings_digest)).fetchone()
 
 
 def get_verdict(conn: sqlite3.Connection, verdict_id: int) -> sqlite3.Row | None:
