@@ -183,8 +183,9 @@ def seed_lemmy(url: str, version: str) -> dict[str, int]:
         if v1:
             c.execute("INSERT INTO local_image (pictrs_alias, person_id, published_at) "
                       "VALUES (%s, %s, '2026-03-01T10:00:00Z')", (ALIAS, ids["uploader"]))
-            c.execute("INSERT INTO local_image (pictrs_alias, thumbnail_for_post_id) "
-                      "VALUES (%s, %s)", (ALIAS2, ids["post_link"]))
+            # as Lemmy 1.0 records a thumbnail it made: person_id = the post's creator
+            c.execute("INSERT INTO local_image (pictrs_alias, person_id, thumbnail_for_post_id) "
+                      "VALUES (%s, %s, %s)", (ALIAS2, ids["bystander"], ids["post_link"]))
             c.execute("INSERT INTO local_image (pictrs_alias, person_id) VALUES (%s, %s)",
                       (OTHER, ids["bystander"]))
         else:

@@ -138,8 +138,11 @@ def test_linkage_routes(route, lemmy, pictrs_db, fake_pictrs, state, tmp_path):
     assert {lg.ip for lg in u.logins} == set(S.UPLOADER_IPS)
     assert all(lg.user_agent == S.UA for lg in u.logins)
     assert up[S.ALIAS2].server_made and up[S.ALIAS2].person is None
+    assert up[S.ALIAS2].local_user_id is None and not up[S.ALIAS2].logins
     if version == "1.0":
+        # 1.0 records the thumbnail under the post's creator: the poster of the link
         assert up[S.ALIAS2].thumbnail_for_post_id == ids["post_link"]
+        assert up[S.ALIAS2].link_poster.name == "bystander"
     assert S.BYSTANDER_IP not in repr(link.to_dict())
     assert "jwt-secret" not in repr(link.to_dict())           # login tokens are never read
 

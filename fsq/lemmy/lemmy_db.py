@@ -104,6 +104,10 @@ class Upload:
     thumbnail_for_post_id: int | None
     server_made: bool          # no uploader: a thumbnail Lemmy had pict-rs make
     logins: list[Login] = field(default_factory=list)
+    # 1.0 records a server-made thumbnail under the *post's creator* (person_id) with
+    # thumbnail_for_post_id set: that person posted the link, they did not upload the file.
+    # Kept here, never as ``person`` (the uploader), so no report names them as uploader.
+    link_poster: Person | None = None
 
 
 @dataclass
@@ -338,6 +342,12 @@ class LemmyDB:
         out: list[Upload] = []
         for r in self._q(q, [aliases]):
             person = self._person(r[6:14])
+            if r[2] is not None:  # 1.0: thumbnail_for_post_id set = the server made this file
+                out.append(Upload(alias=r[0], published=_iso(r[1]), table=t, person=None,
+                                  local_user_id=None, email=None, admin=None,
+                                  thumbnail_for_post_id=r[2], server_made=True,
+                                  link_poster=person))
+                continue
             out.append(Upload(alias=r[0], published=_iso(r[1]), table=t, person=person,
                               local_user_id=r[3], email=r[4], admin=r[5],
                               thumbnail_for_post_id=r[2],

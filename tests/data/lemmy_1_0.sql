@@ -128,7 +128,9 @@ CREATE TABLE comment_report (
 CREATE TABLE local_image (
     pictrs_alias          text PRIMARY KEY,
     published_at          timestamptz NOT NULL DEFAULT now(),
-    person_id             integer REFERENCES person(id),     -- NULL: server-made thumbnail
+    -- A server-made thumbnail has thumbnail_for_post_id set and person_id = the post's creator
+    -- (who posted the link, not the file); NULL person_id only for rows with no known person.
+    person_id             integer REFERENCES person(id),
     thumbnail_for_post_id integer REFERENCES post(id)
 );
 CREATE TABLE remote_image (
