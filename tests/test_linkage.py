@@ -159,6 +159,9 @@ def test_linkage_routes(route, lemmy, pictrs_db, fake_pictrs, state, tmp_path):
     assert link_post.fields == ["thumbnail_url"] and link_post.removed is True
     com = hits[("comment", ids["comment_nested"])]
     assert com.creator.name == "remote_guy" and com.creator.local is False
+    # banned here: 0.19 person.banned, 1.0 an unexpired instance_actions ban
+    assert com.creator.banned is True
+    assert link_post.creator.name == "bystander" and link_post.creator.banned is False
     assert com.creator.instance_domain == S.REMOTE
     assert com.community.name == "pics"                        # via the post
     assert com.extra["post_id"] == ids["post_other"]

@@ -36,7 +36,7 @@ EXCERPT = 240            # characters of context around a match
 
 _TABLES = ("instance", "person", "local_user", "community", "post", "comment", "private_message",
            "site", "login_token", "custom_emoji", "post_report", "comment_report", "local_image",
-           "image_upload")
+           "image_upload", "instance_actions")
 
 
 @dataclass
@@ -269,8 +269,26 @@ class LemmyDB:
         return [sql.SQL("{}.id").format(sql.Identifier(a)),
                 self._col(a, "person", "name"), self._col(a, "person", "display_name"),
                 self._col(a, "person", "ap_id", "actor_id"), self._col(a, "person", "local"),
-                self._col(ia, "instance", "domain"), self._col(a, "person", "banned"),
+                self._col(ia, "instance", "domain"), self._banned(a),
                 self._col(a, "person", "deleted")]
+
+    def _banned(self, a: str) -> Any:
+        """0.19: ``person.banned``. 1.0 moved bans to ``instance_actions`` (one row per person
+        and instance, ``received_ban_at``/``ban_expires_at``): banned = an unexpired ban by the
+        person's home instance or by this one (the instance of the local accounts)."""
+        from psycopg import sql
+
+        if self.schema.has("person", "banned") or not (
+                self.schema.has("instance_actions", "received_ban_at")
+                and self.schema.has("instance_actions", "person_id")):
+            return self._col(a, "person", "banned")
+        expires = (sql.SQL(" AND (ba.ban_expires_at IS NULL OR ba.ban_expires_at > now())")
+                   if self.schema.has("instance_actions", "ban_expires_at") else sql.SQL(""))
+        return sql.SQL(
+            "EXISTS (SELECT 1 FROM instance_actions ba WHERE ba.person_id = {a}.id "
+            "AND ba.received_ban_at IS NOT NULL{expires} AND (ba.instance_id = {a}.instance_id "
+            "OR ba.instance_id IN (SELECT lp.instance_id FROM person lp WHERE lp.local)))"
+        ).format(a=sql.Identifier(a), expires=expires)
 
     @staticmethod
     def _person(vals: tuple) -> Person | None:
