@@ -54,12 +54,27 @@ def unchanged(row: sqlite3.Row | None, size: int, mtime: float) -> bool:
 
 def touch_object(conn: sqlite3.Connection, source: str, key: str, size: int, mtime: float,
                  run_id: int | None) -> int:
+    """Record that ``key`` was listed with ``size``/``mtime``; returns the object id.
+
+    A known key whose size or mtime changed takes the new ones *and* status 'pending', so the
+    next pass skips it only once this one recorded a result for the new bytes: a crash in
+    between leaves it pending (looked at again), never "unchanged" with the old verdict. (A
+    released file is written back with a new mtime: without the refresh it was downloaded
+    again on every pass.)"""
     now = iso()
     cur = conn.execute(
         "INSERT INTO objects (source, key, size, mtime, status, first_seen, last_seen, last_scan)"
         " VALUES (?,?,?,?, 'pending', ?, ?, ?)"
         " ON CONFLICT(source, key) DO UPDATE SET last_seen=excluded.last_seen,"
-        " last_scan=excluded.last_scan RETURNING id",
+        " last_scan=excluded.last_scan,"
+        # 'skipped' rows (symlinks, non-regular files) keep theirs: the scanner re-decides
+        # those on every listing, and a skipped row that turns into a file must not look
+        # unchanged on the next pass.
+        " status=CASE WHEN objects.status='skipped' OR (objects.size IS excluded.size"
+        " AND objects.mtime IS excluded.mtime) THEN objects.status ELSE 'pending' END,"
+        " size=CASE WHEN objects.status='skipped' THEN objects.size ELSE excluded.size END,"
+        " mtime=CASE WHEN objects.status='skipped' THEN objects.mtime ELSE excluded.mtime END"
+        " RETURNING id",
         (source, key, size, mtime, now, now, run_id))
     return cur.fetchone()[0]
 
