@@ -458,7 +458,7 @@ def test_object_lock_blocks_purge_and_leaves_the_incident_whole(tmp_path, _isola
     keys = make_store(root, 2, seed=5, megapixels=(0.01, 0.02))
     (tmp_path / "known.txt").write_text("".join(
         hashlib.sha256((root / k).read_bytes()).hexdigest() + "\n" for k in keys))
-    (tmp_path / "pass").write_text("pw\n")
+    (tmp_path / "pass").write_text("purge test passphrase\n")
     (tmp_path / "pass").chmod(0o600)
     ok(["init", "--passphrase-file", str(tmp_path / "pass")])
     ok(["scan", "--all", "--source", f"file://{root}", "--hash-list",
