@@ -14,7 +14,14 @@ from fsq.ledger.db import integrity_check
 
 @click.group("audit")
 def audit() -> None:
-    """The tamper-evident audit log."""
+    """The tamper-evident audit log: verify the chain, print its head, show events.
+
+    \b
+    Examples:
+      fsq audit verify
+      fsq audit head >> /secure/elsewhere/fsq-anchors.txt
+      fsq audit log --subject incident:3
+    """
 
 
 @audit.command("verify")

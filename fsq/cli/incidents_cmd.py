@@ -48,7 +48,13 @@ def incidents(states, db, as_json):
 
 @click.group("incident")
 def incident() -> None:
-    """Inspect and manage one incident."""
+    """Inspect and manage one incident.
+
+    \b
+    Examples:
+      fsq incident show 12
+      fsq incident mark-reported 12 --reference CT-12345678
+    """
 
 
 @incident.command("show")

@@ -64,7 +64,13 @@ def init(vault_public_key, vault_private_key, passphrase_file, db, as_json):
 
 @click.group("key")
 def key() -> None:
-    """Vault key management."""
+    """Vault key management: fingerprint, passphrase change.
+
+    \b
+    Examples:
+      fsq key show
+      fsq key change-passphrase --passphrase-file old.txt --new-passphrase-file new.txt
+    """
 
 
 @key.command("change-passphrase")

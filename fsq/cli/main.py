@@ -52,6 +52,18 @@ class FsqGroup(click.Group):
         except Exception as e:  # a bug: say so, hide the traceback unless --debug
             raise_or_internal(ctx, e, debug)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list with each description's whole first sentence, wrapped (click's
+        default cuts it to the terminal width with "...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def resolve_command(self, ctx, args):
         name, cmd, rest = super().resolve_command(ctx, args)
         if name:

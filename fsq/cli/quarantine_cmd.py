@@ -77,53 +77,74 @@ def recover(source, vault, vault_public_key, accept_new_host_key, db, as_json):
 
 
 @click.command("release")
-@click.argument("incident")
+@click.argument("incidents", metavar="ID...", nargs=-1, required=True)
 @click.option("--reason", required=True, help="Why this is a false positive (audited).")
 @click.option("--force", is_flag=True, help="Overwrite a different file now at the original key.")
 @click.option("--dry-run", is_flag=True, help="Decrypt and check, restore nothing.")
+@click.option("--vault-private-key", type=click.Path(dir_okay=False),
+              help="Private key file [FSQ_VAULT_PRIVATE_KEY, ./keys/vault.key].")
 @passphrase_file_option
 @host_key_option
 @db_option
 @json_option
-def release(incident, reason, force, dry_run, passphrase_file, accept_new_host_key, db, as_json):
+def release(incidents, reason, force, dry_run, vault_private_key, passphrase_file,
+            accept_new_host_key, db, as_json):
     """Restore a false positive: decrypt, check sha256, write each file back to its original
     key, remove the vault copy, and allowlist the content so later scans pass it.
 
-    Needs the vault private key. Every decryption is recorded in the audit log.
+    Needs the vault private key. Every decryption is recorded in the audit log. Several IDs
+    are released one after the other with the same --reason (the key is unlocked once); the
+    first failure stops the command, those before it stay released. --json prints one object
+    per ID (a list when several are given).
 
     \b
-    Example:
+    Examples:
       fsq release 12 --reason "comic strip, not abuse material"
+      fsq release 12 15 --reason "logos" --vault-private-key /secure/vault.key
     """
     from fsq.quarantine.release import release_incident
-    settings = load(db=db, sftp_accept_new_host_key=accept_new_host_key)
+    settings = load(db=db, sftp_accept_new_host_key=accept_new_host_key,
+                    vault_private_key=vault_private_key)
     conn = open_db(settings, create=False)
-    row = resolve(conn, incident)
+    rows = [resolve(conn, ref) for ref in dict.fromkeys(incidents)]  # all exist, or none
     key = private_key(settings, passphrase_file)
     cache = VaultCache(settings)
+    out = []
     try:
-        res = release_incident(conn, row, private_key=key, vault_for=cache.vault,
-                               source_for=cache.source, reason=reason, force=force,
-                               dry_run=dry_run)
+        for row in rows:
+            res = release_incident(conn, row, private_key=key, vault_for=cache.vault,
+                                   source_for=cache.source, reason=reason, force=force,
+                                   dry_run=dry_run)
+            out.append(res)
+            if not as_json:
+                _print_release(res, dry_run)
     finally:
         cache.close()
     if as_json:
-        echo_json(res)
-    else:
-        verb = "would restore" if dry_run else "restored"
-        click.echo(f"incident {res['incident']}: {verb} {len(res['restored'])} file(s)")
-        for k in res["restored"]:
-            click.echo(f"  {k}")
-        for r in res.get("deleted", []):
-            click.echo(f"  sealed copy {r} deleted (its object lock has expired)")
-        for r in res.get("retained", []):
-            click.echo(f"  sealed copy {r['entry']} kept by object lock until {r.get('until')}; "
-                       f"rerun `fsq release {res['incident']}` after that date to delete it")
+        echo_json(out[0] if len(out) == 1 else out)
+
+
+def _print_release(res, dry_run: bool) -> None:
+    verb = "would restore" if dry_run else "restored"
+    click.echo(f"incident {res['incident']}: {verb} {len(res['restored'])} file(s)")
+    for k in res["restored"]:
+        click.echo(f"  {k}")
+    for r in res.get("deleted", []):
+        click.echo(f"  sealed copy {r} deleted (its object lock has expired)")
+    for r in res.get("retained", []):
+        click.echo(f"  sealed copy {r['entry']} kept by object lock until {r.get('until')}; "
+                   f"rerun `fsq release {res['incident']}` after that date to delete it")
 
 
 @click.group("vault")
 def vault() -> None:
-    """Vault checks."""
+    """Vault checks and upkeep: verify every entry, relocate after a move.
+
+    \b
+    Examples:
+      fsq vault verify
+      fsq vault relocate file:///old/wd/quarantine file://./quarantine
+    """
 
 
 @vault.command("verify")
@@ -131,10 +152,12 @@ def vault() -> None:
                                            "(needs the private key; audited).")
 @click.option("--vault", "vault_url", help="Check only this vault URL [default: every vault the "
                                            "database references, and FSQ_VAULT].")
+@click.option("--vault-private-key", type=click.Path(dir_okay=False),
+              help="With --deep: private key file [FSQ_VAULT_PRIVATE_KEY, ./keys/vault.key].")
 @passphrase_file_option
 @db_option
 @json_option
-def verify(deep, vault_url, passphrase_file, db, as_json):
+def verify(deep, vault_url, vault_private_key, passphrase_file, db, as_json):
     """Check every vault entry: present, and its ciphertext hash matches the database.
 
     Every vault the database references is checked, not only FSQ_VAULT: a vault that cannot
@@ -149,7 +172,7 @@ def verify(deep, vault_url, passphrase_file, db, as_json):
     """
     from fsq.quarantine.release import verify_vault
     from fsq.quarantine.vaults import probe, referenced
-    settings = load(vault=vault_url, db=db)
+    settings = load(vault=vault_url, db=db, vault_private_key=vault_private_key)
     conn = open_db(settings, create=False)
     key = private_key(settings, passphrase_file) if deep else None
     refs = referenced(conn)
