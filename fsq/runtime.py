@@ -8,13 +8,17 @@ classifier is actually built.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from fsq.config import Settings
 from fsq.pipeline import ScanConfig, Scanner
 from fsq.sources.base import Source
+
+log = logging.getLogger("fsq.scan")
 
 DEFAULT_KEY_DIR = Path("keys")
 DEFAULT_PUBLIC = DEFAULT_KEY_DIR / "vault.pub"
@@ -84,6 +88,16 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
     }
 
 
+def _load_announced(settings: Settings, concepts):
+    """build_classifier, saying so: loading ViT-L-14 on a CPU is a long silent step."""
+    log.info("loading the CLIP model (%s, weights %s) on %s; this can take a minute on a CPU",
+             settings.model, settings.pretrained, settings.device)
+    t0 = time.monotonic()
+    clf = build_classifier(settings, concepts)
+    log.info("model %s loaded in %.1fs", getattr(clf, "model_id", "?"), time.monotonic() - t0)
+    return clf
+
+
 def build_quarantiner(settings: Settings):
     from fsq.quarantine.move import Quarantiner
     return Quarantiner.from_settings(settings)
@@ -98,5 +112,5 @@ def build_scanner(settings: Settings, conn: sqlite3.Connection, source: Source, 
     cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts,
                       rescan_stale=rescan_stale)
     return Scanner(conn, source, cfg,
-                   classifier_factory=lambda: build_classifier(settings, concepts),
+                   classifier_factory=lambda: _load_announced(settings, concepts),
                    actor=actor, progress=progress, db_path=settings.db)

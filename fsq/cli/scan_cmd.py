@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import click
 
@@ -44,10 +45,12 @@ def classifier_options(f):
     return f
 
 
-def print_summary(s, as_json: bool, rescan_stale: bool = False) -> None:
+def print_summary(s, as_json: bool, rescan_stale: bool = False, stamp: bool = False) -> None:
     if as_json:
         echo_json(s.to_json())
         return
+    if stamp:  # daemon: each pass's summary line says when it ended
+        click.echo(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()), nl=False)
     if s.stale and rescan_stale:
         click.echo(f"{s.stale} object(s) had been decided under another "
                    f"{'/'.join(s.stale_changed) or 'model'}: decided again in this run")
@@ -110,7 +113,9 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
     src = open_source(settings.source, settings)
     if actor is not None:
         actor.recover(conn, {src.url: src})  # finish moves a crash left half-done
-    progress = Progress("scan")
+    from fsq.ledger.state import last_listed
+    expected = None if daemon else last_listed(conn, src.url)
+    progress = Progress("scan", expected=expected)
     scanner = build_scanner(settings, conn, src, dry_run=dry_run, rescan=rescan,
                             mode="daemon" if daemon else "all", progress=progress, actor=actor,
                             rescan_stale=rescan_stale)
@@ -127,6 +132,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
     try:
         while True:
             summary = scanner.run_pass()
+            progress.start()  # a daemon's next pass lists only what is new: no estimate
             if actor is not None and summary.status == "finished":
                 # Flagged earlier but not yet quarantined (dry runs, failed moves): act now.
                 res = actor.apply_pending(conn, src)
@@ -134,7 +140,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
                 summary.quarantine_failed += res["failed"]
                 summary.problems.extend({"key": p["key"], "status": "quarantine-failed",
                                          "reason": p["reason"]} for p in res["problems"])
-            print_summary(summary, as_json, scanner.cfg.rescan_stale)
+            print_summary(summary, as_json, scanner.cfg.rescan_stale, stamp=daemon)
             if summary.stale and not scanner.cfg.rescan_stale and not rescan:
                 warn(f"{summary.stale} object(s) were decided under another "
                      f"{'/'.join(summary.stale_changed) or 'model'} and were not looked at "

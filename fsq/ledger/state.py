@@ -252,3 +252,13 @@ def flagged_pending(conn: sqlite3.Connection, source: str | None = None
         sql += " AND o.source = ?"
         args = (source,)
     yield from conn.execute(sql + " ORDER BY o.id", args)
+
+
+def last_listed(conn: sqlite3.Connection, source: str) -> int | None:
+    """How many objects the last finished full pass of ``source`` listed (a progress estimate)."""
+    row = conn.execute("SELECT counts FROM scan_runs WHERE source=? AND mode='all' AND "
+                       "status='finished' ORDER BY id DESC LIMIT 1", (source,)).fetchone()
+    if row is None:
+        return None
+    n = json.loads(row["counts"] or "{}").get("listed")
+    return int(n) if isinstance(n, int) and n > 0 else None
