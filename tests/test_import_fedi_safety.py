@@ -97,15 +97,24 @@ def test_local_store_import_outcomes_and_idempotence(tmp_path, fsq_proc, tiny_mo
     assert "0 row(s) imported, 6 already imported" in r2.stdout
     assert snapshot() == (flags, audits, objects, incidents)
 
-    # the queued files are decided by a normal scan; the old flag decides nothing
+    # the queued files are decided by a normal scan (here a concept set that flags every
+    # readable file); the old flag decides nothing: the unreadable "CSAM" is just unreadable
     cfg, ckpt = tiny_model
     s = fsq_proc(["scan", "--all", "--dry-run", "--source", src, "--model", str(cfg),
-                  "--pretrained", str(ckpt), "--concepts", str(concepts_file(tmp_path, 2.0)),
+                  "--pretrained", str(ckpt), "--concepts", str(concepts_file(tmp_path, -1.0)),
                   "--json"])
     assert s.returncode == 0, s.stderr
     summ = json.loads(s.stdout)
-    assert summ["scanned"] == 3 and summ["clean"] == 2 and summ["unreadable"] == 1
-    assert summ["flagged"] == 0
+    assert summ["scanned"] == 3 and summ["flagged"] == 2 and summ["unreadable"] == 1
+    # the old flag is shown beside fsq's own finding, as a note
+    shown = {}
+    for inc in json.loads(fsq_proc(["incidents", "--json"]).stdout):
+        d = json.loads(fsq_proc(["incident", "show", str(inc["id"]), "--json"]).stdout)
+        shown[d["storage_keys"][0]["key"]] = d["legacy_notes"]
+    assert "unverified" in shown["aa/present-flagged.png"][0]["note"]
+    assert shown["aa/present-clean.jpeg"][0]["csam"] == 0
+    text = fsq_proc(["incident", "show", "1"]).stdout + fsq_proc(["incident", "show", "2"]).stdout
+    assert "fedi-safety (imported, 2024-01-06" in text
     assert fsq_proc(["audit", "verify"]).returncode == 0
 
 

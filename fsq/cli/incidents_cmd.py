@@ -73,6 +73,8 @@ def show(incident_ref, db, as_json):
     settings = load(db=db)
     conn = open_db(settings, create=False)
     d = detail(conn, resolve(conn, incident_ref), retention_days=settings.retention_days)
+    from fsq.migrate.fedi_safety import notes_for
+    d["legacy_notes"] = notes_for(conn, [(o["source"], o["key"]) for o in d["storage_keys"]])
     if as_json:
         echo_json(d)
         return
@@ -99,6 +101,9 @@ def show(incident_ref, db, as_json):
         click.echo("  vault entries:")
         for e in d["entries"]:
             click.echo(f"    {e['entry']}  {e['state']:<12} {e['key']}  ({e['created_at']})")
+    for n in d["legacy_notes"]:  # history imported from another tool: never a finding
+        click.echo(f"  {n['tool']} (imported, {n['recorded_at'] or 'date unknown'}): {n['key']}: "
+                   f"{n['note']}")
 
 
 @incident.command("mark-reported")

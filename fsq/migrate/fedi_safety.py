@@ -79,6 +79,17 @@ def _key_for(source: Source, filename: str) -> str:
     return check_key(key)
 
 
+def notes_for(state: sqlite3.Connection, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Imported legacy notes for (source, key) pairs, e.g. an incident's storage keys."""
+    out = []
+    for source, key in keys:
+        for r in state.execute("SELECT tool, key, csam, nsfw, recorded_at, outcome, note FROM "
+                               "legacy_flags WHERE source=? AND key=? ORDER BY id",
+                               (source, key)):
+            out.append({k: r[k] for k in r.keys()})
+    return out
+
+
 def import_rows(state: sqlite3.Connection, legacy: sqlite3.Connection, source: Source, *,
                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Import every row; returns counts per outcome plus ``already_imported`` and a sample."""
