@@ -85,7 +85,8 @@ def print_summary(s, as_json: bool, rescan_stale: bool = False, stamp: bool = Fa
 @host_key_option
 @db_option
 @json_option
-def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vault, vault_public_key, model,
+def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vault,
+         vault_public_key, model,
          pretrained, concepts, severity, precision, device, batch_size, workers, threads,
          unreadable, hash_lists, accept_new_host_key, db, as_json):
     """Scan a pict-rs store, classify new images, quarantine what is flagged.

@@ -54,8 +54,9 @@ def open_legacy(path: str | Path) -> sqlite3.Connection:
     need = {"id", "filename", "nsfw", "csam", "created"}
     if not need <= cols:
         conn.close()
+        found = ", ".join(sorted(cols)) or "none"
         raise ConfigError(f"{p} is not a fedi-safety database: no table images(id, filename, "
-                          f"nsfw, csam, created) (found columns: {', '.join(sorted(cols)) or 'none'})")
+                          f"nsfw, csam, created) (found columns: {found})")
     return conn
 
 
