@@ -55,7 +55,8 @@ class IntegrityError(FsqError):
     exit_code = 4
 
 
-class NotFound(FsqError):
-    """A named incident, hold or entry does not exist (exit 1)."""
+class NotFound(UsageError):
+    """A named incident, hold or entry does not exist (exit 2: the command named something
+    that is not there, like any other bad argument)."""
 
-    exit_code = 1
+    exit_code = 2

@@ -38,7 +38,7 @@ from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator, Protocol
+from typing import AbstractSet, Any, Callable, Iterator, Protocol
 
 from fsq.errors import FsqError, UsageError
 from fsq.media import Decoded, DecodeRequest, Unreadable, decode, hashes, sniff
@@ -68,6 +68,8 @@ class Summary:
     reused: int = 0           # identical content already had a verdict
     quarantined: int = 0
     quarantine_failed: int = 0
+    stale: int = 0            # decided under other decision settings (fsq.ledger.stale)
+    stale_changed: list[str] = field(default_factory=list)  # what differs: model, severity...
     dry_run: bool = False
     status: str = "running"
     seconds: float = 0.0
@@ -122,6 +124,8 @@ class ScanConfig:
     concepts_digest: str | None = None
     severity: str | None = None
     rule_version: str | None = None
+    settings_digest: str | None = None   # tags model verdicts; see fsq.ledger.stale
+    rescan_stale: bool = False           # re-decide objects decided under other settings
     # Everything that can change a verdict, recorded with each run; a difference from the
     # previous run of the same source is audited as settings.changed.
     decision_settings: dict[str, Any] = field(default_factory=dict)
@@ -248,7 +252,8 @@ class Scanner:
         item.data = data
         item.sha256, item.md5 = hashes(data)
         item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
-                                use_cache=not self.cfg.rescan, trust=self.cfg.trust)
+                                use_cache=not self.cfg.rescan, trust=self.cfg.trust,
+                                settings_digest=self.cfg.settings_digest)
         if (item.verdict is not None and item.verdict.method == "cache"
                 and item.verdict.outcome == "unreadable" and self.cfg.unreadable == "flag"):
             item.verdict = None  # the policy changed since: unreadable content now flags
@@ -274,8 +279,9 @@ class Scanner:
         run_id = state.start_run(self.conn, src, self.cfg.mode, self.cfg.dry_run,
                                  settings=self.cfg.decision_settings or None)
         s.run_id = run_id
+        stale_ids = self._stale(s)
         since = None
-        if self.cfg.mode == "daemon" and not self.cfg.rescan:
+        if self.cfg.mode == "daemon" and not self.cfg.rescan and not stale_ids:
             cur = state.get_cursor(self.conn, src)
             since = None if cur is None else cur - CURSOR_MARGIN_S
         listing_started = time.time()
@@ -293,7 +299,7 @@ class Scanner:
                     status = "interrupted"
                     break
                 s.listed += 1
-                item = self._admit(info, s, run_id)
+                item = self._admit(info, s, run_id, stale_ids)
                 if item is not None:
                     inflight.append(pool.submit(self._prepare, item))
                 while inflight and (len(inflight) >= limit or inflight[0].done()):
@@ -337,7 +343,20 @@ class Scanner:
                 continue
             yield info
 
-    def _admit(self, info: ObjectInfo, s: Summary, run_id: int) -> _Item | None:
+    def _stale(self, s: Summary) -> set[int]:
+        """Count objects decided under other settings; their ids if they are to be redone."""
+        if self.cfg.settings_digest is None:
+            return set()
+        from fsq.ledger.stale import stale_objects
+        found = stale_objects(self.conn, self.source.url, digest=self.cfg.settings_digest,
+                              concepts_digest=self.cfg.concepts_digest,
+                              severity=self.cfg.severity, rule_version=self.cfg.rule_version)
+        s.stale = len(found)
+        s.stale_changed = sorted({w for f in found for w in f["changed"]})
+        return {f["object_id"] for f in found} if self.cfg.rescan_stale else set()
+
+    def _admit(self, info: ObjectInfo, s: Summary, run_id: int,
+               stale_ids: AbstractSet[int] = frozenset()) -> _Item | None:
         """Decide in the writer thread whether an object needs fetching."""
         if info.skip_reason is None:
             # Whatever the source: a name fsq cannot represent or act on is skipped, with
@@ -357,7 +376,8 @@ class Scanner:
             s.problems.append({"key": db_key(info.key), "status": "skipped",
                                "reason": info.skip_reason})
             return None
-        if not self.cfg.rescan and state.unchanged(row, info.size, info.mtime):
+        if not self.cfg.rescan and state.unchanged(row, info.size, info.mtime) \
+                and not (row is not None and row["id"] in stale_ids):
             s.skipped += 1
             return None
         self._begin()
@@ -455,7 +475,7 @@ class Scanner:
 
 def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str], *,
              use_cache: bool = True, trust: Callable[..., state.VerdictRecord | None] | None
-             = None) -> state.VerdictRecord | None:
+             = None, settings_digest: str | None = None) -> state.VerdictRecord | None:
     """The checks that decide without decoding, in order: allowlist (released content is never
     flagged again), known-hash lists (flag without the model), trusted peers' attestations
     (``trust``), and, with ``use_cache``, the latest conclusive verdict for identical content.
@@ -473,11 +493,12 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
         if attested is not None:
             return attested
     if use_cache:
-        cached = state.cached_verdict(db, sha256)
+        cached = state.cached_verdict(db, sha256, settings_digest)
         if cached is not None:
             v = state.VerdictRecord(cached["outcome"], "cache", cached["reason"],
                                     details={"reused_verdict": cached["id"]})
             v.media_type = cached["media_type"]
+            v.settings_digest = cached["settings_digest"]  # a reuse keeps its origin's tag
             return v
     return None
 
@@ -542,7 +563,8 @@ def clip_verdict(decision: Any, frame: int, d: Decoded, model_id: str, cfg: Scan
         reason += f" (at {d.labels[frame]})"
     common = dict(model_id=model_id, concepts_digest=cfg.concepts_digest,
                   severity=cfg.severity, rule_version=cfg.rule_version,
-                  media_type=d.media_type, width=d.width, height=d.height, frames=d.n_frames)
+                  media_type=d.media_type, width=d.width, height=d.height, frames=d.n_frames,
+                  settings_digest=cfg.settings_digest)
     if d.appended and not decision.flagged:
         suspicious = f"suspicious: {d.appended['reason']}"
         if cfg.appended_data == "flag":

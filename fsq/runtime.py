@@ -8,13 +8,17 @@ classifier is actually built.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from fsq.config import Settings
 from fsq.pipeline import ScanConfig, Scanner
 from fsq.sources.base import Source
+
+log = logging.getLogger("fsq.scan")
 
 DEFAULT_KEY_DIR = Path("keys")
 DEFAULT_PUBLIC = DEFAULT_KEY_DIR / "vault.pub"
@@ -46,12 +50,17 @@ def build_classifier(settings: Settings, concepts=None):
 
 
 def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
-                concepts=None) -> ScanConfig:
+                concepts=None, rescan_stale: bool = False) -> ScanConfig:
     from fsq.classify.rule import RULE_VERSION
     from fsq.exchange.trust import TrustPolicy
+    from fsq.ledger.stale import settings_digest
     cs = concepts if concepts is not None else load_concept_set(settings)
     trust = TrustPolicy(safe=settings.trust_safe, unsafe=settings.trust_unsafe)
     return ScanConfig(
+        settings_digest=settings_digest(model=settings.model, pretrained=settings.pretrained,
+                                        concepts_digest=cs.digest, severity=settings.severity,
+                                        rule_version=RULE_VERSION),
+        rescan_stale=rescan_stale,
         dry_run=dry_run, rescan=rescan, unreadable=settings.unreadable,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
@@ -101,6 +110,16 @@ def pull_limits(settings: Settings):
                       timeout=settings.peers_timeout)
 
 
+def _load_announced(settings: Settings, concepts):
+    """build_classifier, saying so: loading ViT-L-14 on a CPU is a long silent step."""
+    log.info("loading the CLIP model (%s, weights %s) on %s; this can take a minute on a CPU",
+             settings.model, settings.pretrained, settings.device)
+    t0 = time.monotonic()
+    clf = build_classifier(settings, concepts)
+    log.info("model %s loaded in %.1fs", getattr(clf, "model_id", "?"), time.monotonic() - t0)
+    return clf
+
+
 def build_quarantiner(settings: Settings):
     from fsq.quarantine.move import Quarantiner
     return Quarantiner.from_settings(settings)
@@ -109,10 +128,11 @@ def build_quarantiner(settings: Settings):
 def build_scanner(settings: Settings, conn: sqlite3.Connection, source: Source, *,
                   dry_run: bool, rescan: bool = False, mode: str = "all",
                   progress: Callable[..., None] | None = None,
-                  actor: Any = None) -> Scanner:
+                  actor: Any = None, rescan_stale: bool = False) -> Scanner:
     # Concept-file errors must surface before any listing starts (exit 2 at once).
     concepts = load_concept_set(settings)
-    cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts)
+    cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts,
+                      rescan_stale=rescan_stale)
     return Scanner(conn, source, cfg,
-                   classifier_factory=lambda: build_classifier(settings, concepts),
+                   classifier_factory=lambda: _load_announced(settings, concepts),
                    actor=actor, progress=progress, db_path=settings.db)

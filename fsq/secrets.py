@@ -203,6 +203,21 @@ def _prompt(what: str, confirm: bool) -> Secret:
     return Secret(first)
 
 
+MIN_NEW_PASSPHRASE = 12  # characters (bytes for a binary passphrase)
+
+
+def check_new_passphrase(secret: Secret, what: str = "new vault passphrase") -> Secret:
+    """Refuse a new passphrase too short to resist guessing: it is all that protects the
+    evidence if the encrypted private key file is copied. Existing keys still open with
+    whatever passphrase they have; only setting one is checked."""
+    value = secret.reveal()
+    if len(value) < MIN_NEW_PASSPHRASE:
+        raise ConfigError(f"the {what} is {len(value)} characters; use at least "
+                          f"{MIN_NEW_PASSPHRASE} (a few random words is easiest), nothing was "
+                          "written")
+    return secret
+
+
 def get_passphrase(*, env: str | None, file: str | None, prompt: bool, confirm: bool = False,
                    what: str = "vault passphrase", env_name: str = ENV_NAME) -> Secret:
     """Return the passphrase from exactly one source (see the module docstring).

@@ -180,11 +180,21 @@ def seed_lemmy(url: str, version: str) -> dict[str, int]:
             "comment_report", creator_id=ids["reporter"], comment_id=ids["comment_nested"],
             original_comment_text=f"![]({proxy_url(image_url(ALIAS, version), version)})",
             reason="csam")
+        # remote_guy is banned here; bystander's ban (1.0: with an expiry) has run out
+        if v1:
+            c.execute("INSERT INTO instance_actions (person_id, instance_id, received_ban_at) "
+                      "VALUES (%s, %s, '2026-03-05T00:00:00Z')", (ids["remote_guy"], local))
+            c.execute("INSERT INTO instance_actions (person_id, instance_id, received_ban_at, "
+                      "ban_expires_at) VALUES (%s, %s, '2026-01-01T00:00:00Z', "
+                      "'2026-01-02T00:00:00Z')", (ids["bystander"], local))
+        else:
+            c.execute("UPDATE person SET banned = true WHERE id = %s", (ids["remote_guy"],))
         if v1:
             c.execute("INSERT INTO local_image (pictrs_alias, person_id, published_at) "
                       "VALUES (%s, %s, '2026-03-01T10:00:00Z')", (ALIAS, ids["uploader"]))
-            c.execute("INSERT INTO local_image (pictrs_alias, thumbnail_for_post_id) "
-                      "VALUES (%s, %s)", (ALIAS2, ids["post_link"]))
+            # as Lemmy 1.0 records a thumbnail it made: person_id = the post's creator
+            c.execute("INSERT INTO local_image (pictrs_alias, person_id, thumbnail_for_post_id) "
+                      "VALUES (%s, %s, %s)", (ALIAS2, ids["bystander"], ids["post_link"]))
             c.execute("INSERT INTO local_image (pictrs_alias, person_id) VALUES (%s, %s)",
                       (OTHER, ids["bystander"]))
         else:

@@ -138,8 +138,11 @@ def test_linkage_routes(route, lemmy, pictrs_db, fake_pictrs, state, tmp_path):
     assert {lg.ip for lg in u.logins} == set(S.UPLOADER_IPS)
     assert all(lg.user_agent == S.UA for lg in u.logins)
     assert up[S.ALIAS2].server_made and up[S.ALIAS2].person is None
+    assert up[S.ALIAS2].local_user_id is None and not up[S.ALIAS2].logins
     if version == "1.0":
+        # 1.0 records the thumbnail under the post's creator: the poster of the link
         assert up[S.ALIAS2].thumbnail_for_post_id == ids["post_link"]
+        assert up[S.ALIAS2].link_poster.name == "bystander"
     assert S.BYSTANDER_IP not in repr(link.to_dict())
     assert "jwt-secret" not in repr(link.to_dict())           # login tokens are never read
 
@@ -156,6 +159,9 @@ def test_linkage_routes(route, lemmy, pictrs_db, fake_pictrs, state, tmp_path):
     assert link_post.fields == ["thumbnail_url"] and link_post.removed is True
     com = hits[("comment", ids["comment_nested"])]
     assert com.creator.name == "remote_guy" and com.creator.local is False
+    # banned here: 0.19 person.banned, 1.0 an unexpired instance_actions ban
+    assert com.creator.banned is True
+    assert link_post.creator.name == "bystander" and link_post.creator.banned is False
     assert com.creator.instance_domain == S.REMOTE
     assert com.community.name == "pics"                        # via the post
     assert com.extra["post_id"] == ids["post_other"]

@@ -226,16 +226,16 @@ def test_destruction_request_destroys_one_incident_now(quarantined, monkeypatch)
 def test_bad_input_is_a_clear_error_and_loses_nothing(quarantined):
     work = quarantined
     before = vault_files(work)
-    r = ok(["purge", "--incident", "99", "--destruction-request", "X", "--yes"], 1)
+    r = ok(["purge", "--incident", "99", "--destruction-request", "X", "--yes"], 2)
     assert "no incident 99" in r.stderr and "Traceback" not in r.output
     assert "choose one" in ok(["purge"], 2).stderr
     assert "choose one" in ok(["purge", "--after-clearance", "--incident", "1"], 2).stderr
     assert "--destruction-request" in ok(["purge", "--incident", "1", "--yes"], 2).stderr
     assert "goes with --incident" in ok(["purge", "--after-clearance",
                                          "--destruction-request", "X"], 2).stderr
-    assert "no incident 42" in ok(["clear", "42", "--by", "x", "--reason", "y"], 1).stderr
+    assert "no incident 42" in ok(["clear", "42", "--by", "x", "--reason", "y"], 2).stderr
     assert "no incident 42" in ok(["hold", "add", "42", "--kind", "litigation",
-                                   "--reason", "x"], 1).stderr
+                                   "--reason", "x"], 2).stderr
     assert "in the past" in ok(["hold", "add", "1", "--kind", "litigation", "--reason", "x",
                                 "--until", "2020-01-01"], 2).stderr
     assert "not a date" in ok(["hold", "add", "1", "--kind", "litigation", "--reason", "x",
@@ -243,7 +243,7 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(quarantined):
     assert ok(["hold", "add", "1", "--kind", "bogus", "--reason", "x"], 2).exit_code == 2
     assert "must not be empty" in ok(["hold", "add", "1", "--kind", "voluntary",
                                       "--reason", " "], 2).stderr
-    assert "no hold 9" in ok(["hold", "lift", "9", "--reason", "x"], 1).stderr
+    assert "no hold 9" in ok(["hold", "lift", "9", "--reason", "x"], 2).stderr
     assert "not a hold number" in ok(["hold", "lift", "abc", "--reason", "x"], 2).stderr
     assert "in the future" in ok(["incident", "mark-reported", "1", "--reference", "x",
                                   "--at", "2999-01-01"], 2).stderr
@@ -460,7 +460,7 @@ def test_object_lock_blocks_purge_and_leaves_the_incident_whole(tmp_path, _isola
     keys = make_store(root, 2, seed=5, megapixels=(0.01, 0.02))
     (tmp_path / "known.txt").write_text("".join(
         hashlib.sha256((root / k).read_bytes()).hexdigest() + "\n" for k in keys))
-    (tmp_path / "pass").write_text("pw\n")
+    (tmp_path / "pass").write_text("purge test passphrase\n")
     (tmp_path / "pass").chmod(0o600)
     ok(["init", "--passphrase-file", str(tmp_path / "pass")])
     monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "pw")

@@ -285,3 +285,17 @@ def test_key_change_passphrase_cli(setup, fsq, tmp_path):
     log = json.loads(fsq(["audit", "log", "--json", "--limit", "500"]).stdout)
     assert "key.passphrase_changed" in [e["action"] for e in log]
     assert "a brand new passphrase" not in json.dumps(log)
+
+
+def test_released_file_is_not_downloaded_again_on_every_pass(setup, fsq):
+    """Release writes the file back with a new mtime; the next pass re-reads it once (and
+    passes it: allowlisted), records the new mtime, and the pass after skips it unread."""
+    store, originals, pw, env = setup
+    fsq(["scan", "--all"], env=env)
+    inc = json.loads(fsq(["incidents", "--json"]).stdout)[0]
+    r = fsq(["release", str(inc["id"]), "--reason", "cartoon", "--passphrase-file", str(pw)])
+    assert r.exit_code == 0, r.output
+    first = json.loads(fsq(["scan", "--all", "--dry-run", "--json"], env=env).stdout)
+    assert first["scanned"] == 1 and first["clean"] == 1  # the released file, once
+    again = json.loads(fsq(["scan", "--all", "--dry-run", "--json"], env=env).stdout)
+    assert again["scanned"] == 0 and again["skipped"] == again["listed"]

@@ -434,7 +434,7 @@ def test_cli_report_usage_errors(fsq, cli_state):
     assert fsq(["report"]).exit_code == 2
     assert fsq(["report", "1", "--all"]).exit_code == 2
     r = fsq(["report", "99"])
-    assert r.exit_code == 1 and "no incident 99" in r.stderr
+    assert r.exit_code == 2 and "no incident 99" in r.stderr
     r = fsq(["report", "1"], env={"FSQ_DB": str(work / "missing.db")})
     assert r.exit_code == 2
 

@@ -7,12 +7,21 @@ import json
 import click
 
 from fsq.cli.common import Exit, db_option, echo_json, json_option, load, open_db, table
+from fsq.errors import IntegrityError
 from fsq.ledger import audit as auditlog
+from fsq.ledger.db import integrity_check
 
 
 @click.group("audit")
 def audit() -> None:
-    """The tamper-evident audit log."""
+    """The tamper-evident audit log: verify the chain, print its head, show events.
+
+    \b
+    Examples:
+      fsq audit verify
+      fsq audit head >> /secure/elsewhere/fsq-anchors.txt
+      fsq audit log --subject incident:3
+    """
 
 
 @audit.command("verify")
@@ -34,6 +43,13 @@ def verify(anchor, use_witness, db, as_json):
     """
     settings = load(db=db)
     conn = open_db(settings, create=False)
+    # A damaged database could hide or garble rows the chain walk never sees: check the
+    # whole file (indexes included) before calling the log intact.
+    damage = integrity_check(conn)
+    if damage:
+        raise IntegrityError(f"state database {settings.db} is damaged ({'; '.join(damage)[:300]}"
+                             "); the audit log cannot be called intact. Keep the file and "
+                             "restore the last backup (docs/operations.md)")
     res = auditlog.verify(conn, anchor)
     witnessed: dict | None = None
     if use_witness:

@@ -131,16 +131,27 @@ def set_command(name: str) -> None:
 
 
 class Progress:
-    """count, rate and ETA on a terminal; a log line every ``every`` seconds otherwise."""
+    """count, rate and ETA on a terminal; a log line every ``every`` seconds otherwise.
 
-    def __init__(self, label: str, *, every: float = 30.0, stream=None) -> None:
+    The listing is streamed (bounded memory), so the number of objects is not known until the
+    pass ends. ``expected`` (e.g. what the last full pass of the source listed) gives a
+    percentage and an ETA marked as an estimate; without it there is no ETA at all, rather
+    than one that counts only what was listed so far."""
+
+    def __init__(self, label: str, *, every: float = 30.0, stream=None,
+                 expected: int | None = None) -> None:
         self.label = label
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every if not self.tty else 0.2
+        self.log = logging.getLogger("fsq.progress")
+        self.start(expected)
+
+    def start(self, expected: int | None = None) -> None:
+        """A new pass: reset the clock (a daemon reuses one Progress)."""
+        self.expected = expected
         self.t0 = time.monotonic()
         self.last = self.t0  # first periodic line after `every` seconds, not at once
-        self.log = logging.getLogger("fsq.progress")
 
     def __call__(self, summary: Any, total: int | None) -> None:
         now = time.monotonic()
@@ -153,10 +164,16 @@ class Progress:
         rate = n / elapsed
         listed = summary.listed
         eta = ""
-        if rate > 0 and listed > n:
-            eta = f" ETA {_fmt_s((listed - n) / rate)}"
-        text = (f"{self.label}: {n}/{listed} listed, {summary.flagged} flagged, "
-                f"{rate:.1f}/s{eta}")
+        if done:
+            where = f"{n}/{listed}"
+        elif self.expected and self.expected >= n:
+            total = max(self.expected, listed)
+            where = f"{n}/~{total} ({100 * n / total:.0f}%, total estimated from the last pass)"
+            if rate > 0:
+                eta = f" ETA ~{_fmt_s((total - n) / rate)}"
+        else:
+            where = f"{n} done, {listed} listed so far"
+        text = f"{self.label}: {where}, {summary.flagged} flagged, {rate:.1f}/s{eta}"
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if done else ""))
             self.stream.flush()

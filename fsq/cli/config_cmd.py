@@ -10,7 +10,12 @@ from fsq.config import SETTINGS
 
 @click.group("config")
 def config() -> None:
-    """Inspect settings (flag > FSQ_* env > .env > defaults)."""
+    """Inspect settings (flag > FSQ_* env > .env > defaults).
+
+    \b
+    Example:
+      fsq config show --json
+    """
 
 
 @config.command("show")

@@ -24,7 +24,7 @@ def flagged(source, db, as_json):
       fsq flagged --json | jq '.[].key'
     """
     settings = load(db=db)
-    conn = open_db(settings)
+    conn = open_db(settings, create=False)
     rows = []
     for r in state.flagged_pending(conn, source):
         details = json.loads(r["details"] or "{}")

@@ -19,6 +19,12 @@ def hold() -> None:
     Kinds: statutory (e.g. the US preservation year, if you track it as a hold), voluntary
     (keeping it longer to fight exploitation; say why), law-enforcement (a preservation
     request, 18 U.S.C. 2703(f)), litigation.
+
+    \b
+    Examples:
+      fsq hold add 12 --kind law-enforcement --reason "2703(f) FBI-2026-0173" --by "A. Admin"
+      fsq hold list --active
+      fsq hold lift 4 --reason "case closed" --by "A. Admin"
     """
 
 
@@ -34,12 +40,13 @@ def _hold_id(text: str) -> int:
 @click.option("--kind", required=True, type=click.Choice(HOLD_KINDS),
               help="What the hold is for.")
 @click.option("--reason", required=True, help="Why (request number, case name...). Audited.")
+@click.option("--by", help="Name of the person placing it (audited) [default: login@host].")
 @click.option("--until", "until_text", metavar="DATE",
               help="Hold ends then (2027-05-01 = through that whole day, UTC; or an ISO time). "
                    "Omit for a hold that lasts until lifted.")
 @db_option
 @json_option
-def add(incident_ref, kind, reason, until_text, db, as_json):
+def add(incident_ref, kind, reason, by, until_text, db, as_json):
     """Put an incident on hold. ID is the incident number or a sha256 prefix.
 
     On an S3 vault with Object Lock, a hold with --until also extends the sealed objects'
@@ -48,7 +55,7 @@ def add(incident_ref, kind, reason, until_text, db, as_json):
     \b
     Example:
       fsq hold add 12 --kind law-enforcement --reason "2703(f) request FBI-2026-0173" \\
-          --until 2027-06-30
+          --until 2027-06-30 --by "A. Admin"
     """
     settings = load(db=db)
     conn = open_db(settings, create=False)
@@ -57,7 +64,7 @@ def add(incident_ref, kind, reason, until_text, db, as_json):
     cache = VaultCache(settings)
     try:
         res = add_hold(conn, int(row["id"]), kind=kind, reason=reason, until=until,
-                       vault_for=cache.vault)
+                       vault_for=cache.vault, by=by)
     finally:
         cache.close()
     if as_json:
@@ -106,10 +113,11 @@ def list_(incident_ref, active_only, db, as_json):
 @hold.command("lift")
 @click.argument("hold_ref", metavar="HOLD")
 @click.option("--reason", required=True, help="Why the hold ends. Audited.")
+@click.option("--by", help="Name of the person lifting it (audited) [default: login@host].")
 @passphrase_file_option
 @db_option
 @json_option
-def lift(hold_ref, reason, passphrase_file, db, as_json):
+def lift(hold_ref, reason, by, passphrase_file, db, as_json):
     """Lift a hold (HOLD is the number shown by `fsq hold list`). The incident can then be
     purged once it is cleared, past retention and under no other hold. The lift is signed
     with the custodian key (needs the vault passphrase); purge refuses an unsigned lift.
@@ -122,7 +130,7 @@ def lift(hold_ref, reason, passphrase_file, db, as_json):
     conn = open_db(settings, create=False)
     hold_id = _hold_id(hold_ref)
     signer = unlock_custodian(settings, passphrase_file)
-    res = lift_hold(conn, hold_id, reason=reason, signer=signer)
+    res = lift_hold(conn, hold_id, reason=reason, by=by, signer=signer)
     if as_json:
         echo_json(res)
         return

@@ -30,7 +30,7 @@ def incidents(states, db, as_json):
       fsq incidents --state held --json
     """
     settings = load(db=db)
-    conn = open_db(settings)
+    conn = open_db(settings, create=False)
     rows = [summary(conn, r, retention_days=settings.retention_days)
             for r in conn.execute("SELECT * FROM incidents ORDER BY id")]
     if states:
@@ -49,7 +49,13 @@ def incidents(states, db, as_json):
 
 @click.group("incident")
 def incident() -> None:
-    """Inspect and manage one incident."""
+    """Inspect and manage one incident.
+
+    \b
+    Examples:
+      fsq incident show 12
+      fsq incident mark-reported 12 --reference CT-12345678
+    """
 
 
 @incident.command("show")
@@ -68,6 +74,8 @@ def show(incident_ref, db, as_json):
     settings = load(db=db)
     conn = open_db(settings, create=False)
     d = detail(conn, resolve(conn, incident_ref), retention_days=settings.retention_days)
+    from fsq.migrate.fedi_safety import notes_for
+    d["legacy_notes"] = notes_for(conn, [(o["source"], o["key"]) for o in d["storage_keys"]])
     if as_json:
         echo_json(d)
         return
@@ -95,6 +103,9 @@ def show(incident_ref, db, as_json):
         for e in d["entries"]:
             click.echo(f"    {e['entry']}  {e['state']:<12} {show_key(e['key'])}  "
                        f"({e['created_at']})")
+    for n in d["legacy_notes"]:  # history imported from another tool: never a finding
+        click.echo(f"  {n['tool']} (imported, {n['recorded_at'] or 'date unknown'}): {n['key']}: "
+                   f"{n['note']}")
 
 
 @incident.command("mark-reported")

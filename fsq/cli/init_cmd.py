@@ -43,7 +43,7 @@ def init(vault_public_key, vault_private_key, passphrase_file, with_attest_key,
       fsq init --attest-key --attest-passphrase-file /root/fsq-attest.pass
     """
     from fsq.quarantine.keys import fingerprint, generate_keypair, load_public_key
-    from fsq.secrets import get_passphrase
+    from fsq.secrets import check_new_passphrase, get_passphrase
     settings = load(vault_public_key=vault_public_key, vault_private_key=vault_private_key, db=db)
     pub, priv = public_key_path(settings), private_key_path(settings)
     conn = open_db(settings)
@@ -55,8 +55,9 @@ def init(vault_public_key, vault_private_key, passphrase_file, with_attest_key,
                          f"({pub if pub.exists() else priv}); restore the other half from "
                          "your backup, or move the lone file away")
     else:
-        pw = get_passphrase(env=settings.vault_passphrase, file=passphrase_file, prompt=True,
-                            confirm=True, what="new vault passphrase")
+        pw = check_new_passphrase(get_passphrase(
+            env=settings.vault_passphrase, file=passphrase_file, prompt=True, confirm=True,
+            what="new vault passphrase"))
         fp = generate_keypair(pub, priv, pw)
         created = True
         audit.append(conn, "key.created", "vault-key",
@@ -103,7 +104,13 @@ def _make_custodian(conn, settings, pw) -> str:
 
 @click.group("key")
 def key() -> None:
-    """Vault key management."""
+    """Vault key management: fingerprint, passphrase change.
+
+    \b
+    Examples:
+      fsq key show
+      fsq key change-passphrase --passphrase-file old.txt --new-passphrase-file new.txt
+    """
 
 
 @key.command("change-passphrase")
@@ -121,19 +128,20 @@ def change_passphrase(vault_private_key, new_passphrase_file, passphrase_file, d
       fsq key change-passphrase --passphrase-file old.txt --new-passphrase-file new.txt
     """
     from fsq.quarantine.keys import change_passphrase as change
-    from fsq.secrets import get_passphrase
+    from fsq.secrets import check_new_passphrase, get_passphrase
     settings = load(vault_private_key=vault_private_key, db=db)
     priv = private_key_path(settings)
     old = get_passphrase(env=settings.vault_passphrase, file=passphrase_file, prompt=True,
                          what="current vault passphrase")
-    new = get_passphrase(env=None, file=new_passphrase_file, prompt=True, confirm=True,
-                         what="new vault passphrase", env_name="--new-passphrase-file")
+    new = check_new_passphrase(get_passphrase(
+        env=None, file=new_passphrase_file, prompt=True, confirm=True,
+        what="new vault passphrase", env_name="--new-passphrase-file"))
     change(priv, old, new)
     cpriv = custodian_paths(settings)[1]
     if cpriv.exists():  # one passphrase for both keys
         from fsq.custody.custodian import change_passphrase as change_custodian
         change_custodian(cpriv, old, new)
-    audit.append(open_db(settings), "key.passphrase_changed", "vault-key",
+    audit.append(open_db(settings, create=False), "key.passphrase_changed", "vault-key",
                  {"private_key": str(priv)})
     click.echo(f"passphrase of {priv} changed" + (f" (and of {cpriv})" if cpriv.exists()
                                                   else ""))

@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 other failure, 2 usage/configuration, 3 external service, 4 
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 import click
@@ -55,19 +56,51 @@ class FsqGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.Abort):
             raise
-        except Exception as e:  # a bug: say so, hide the traceback unless --debug
+        except sqlite3.DatabaseError as e:
+            # Corruption met mid-command (a page quick_check at open did not reach, or damage
+            # since): an integrity failure of the state database, not a bug in fsq.
+            if not _is_corruption(e):
+                raise_or_internal(ctx, e, debug)
             if debug:
                 _traceback()
-            click.echo(mask_secrets(f"fsq: internal error: {e.__class__.__name__}: {e} "
-                                    "(rerun with --debug for a traceback and report it)"),
-                       err=True)
-            ctx.exit(1)
+            what = ' '.join(str(e).split())
+            click.echo(f"fsq: error: the state database is damaged ({what}); stop fsq, keep the "
+                       "file, restore the last backup (docs/operations.md)", err=True)
+            ctx.exit(4)
+        except Exception as e:  # a bug: say so, hide the traceback unless --debug
+            raise_or_internal(ctx, e, debug)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list with each description's whole first sentence, wrapped (click's
+        default cuts it to the terminal width with "...")."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def resolve_command(self, ctx, args):
         name, cmd, rest = super().resolve_command(ctx, args)
         if name:
             set_command(name)
         return name, cmd, rest
+
+
+def raise_or_internal(ctx: click.Context, e: Exception, debug: bool) -> None:
+    """A bug: one masked line (and with --debug the masked traceback), exit 1."""
+    if debug:
+        _traceback()
+    click.echo(mask_secrets(f"fsq: internal error: {e.__class__.__name__}: {e} "
+                            "(rerun with --debug for a traceback and report it)"), err=True)
+    ctx.exit(1)
+
+
+def _is_corruption(e: sqlite3.DatabaseError) -> bool:
+    from fsq.ledger.db import is_corruption as corrupt
+    return type(e) is sqlite3.DatabaseError or corrupt(e)
 
 
 @click.group(cls=FsqGroup, epilog=EPILOG,
@@ -103,6 +136,7 @@ COMMAND_MODULES = [
     "fsq.cli.custody_cmd",
     "fsq.cli.attest_cmd",
     "fsq.cli.peers_cmd",
+    "fsq.cli.import_cmd",
 ]
 
 

@@ -9,10 +9,14 @@ import click
 
 from fsq.cli.common import (Exit, VaultCache, custodian_paths, custodian_verifier, db_option,
                             echo_json, json_option, load, open_db, passphrase_file_option,
-                            unlock_custodian)
+                            unlock_custodian, warn)
 from fsq.custody.incidents import resolve
 from fsq.errors import UsageError
 from fsq.quarantine.purge import Purger, pictrs_client
+
+# The US preservation period (18 U.S.C. 2258A(h), docs/legal.md). Below it, a routine purge
+# can destroy evidence days or minutes after quarantine: say so, and ask on a terminal.
+SHORT_RETENTION_DAYS = 365
 
 _VERB = {"purged": "purged", "would-purge": "would purge", "kept": "keep",
          "would-finish": "would finish", "blocked": "BLOCKED", "failed": "FAILED",
@@ -27,7 +31,9 @@ _VERB = {"purged": "purged", "would-purge": "would purge", "kept": "keep",
               help="Destroy this one incident now (needs --destruction-request).")
 @click.option("--destruction-request", metavar="REFERENCE",
               help="Reference of the law-enforcement destruction request (audited).")
-@click.option("--yes", is_flag=True, help="Confirm destroying evidence of --incident.")
+@click.option("--yes", is_flag=True, help="Confirm destroying evidence: of --incident, or with "
+                                          "--after-clearance under a retention shorter than "
+                                          f"{SHORT_RETENTION_DAYS} days.")
 @click.option("--dry-run", is_flag=True, help="Show what would be destroyed and why the rest "
                                               "stays; change nothing.")
 @passphrase_file_option
@@ -87,6 +93,8 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, pass
     try:
         if after_clearance:
             mode = "after-clearance"
+            if settings.retention_days < SHORT_RETENTION_DAYS and not dry_run:
+                _short_retention(settings.retention_days, yes)
             results = purger.after_clearance(settings.retention_days, dry_run=dry_run)
         else:
             mode = "destruction-request"
@@ -109,6 +117,16 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, pass
     if counts["failed"] or pictrs_failed or (mode == "destruction-request"
                                              and counts["blocked"]):
         raise Exit(3)
+
+
+def _short_retention(days: int, yes: bool) -> None:
+    warn(f"FSQ_RETENTION_DAYS={days} is shorter than {SHORT_RETENTION_DAYS} days (the US "
+         "preservation year, docs/legal.md): cleared evidence is destroyed as soon as "
+         f"{days} day(s) after its report, or after quarantine if never reported")
+    if yes or not sys.stdin.isatty():
+        return  # scripted runs were warned (stderr reaches cron mail and the journal)
+    click.confirm(f"Purge cleared incidents under a {days}-day retention? This cannot be "
+                  "undone", abort=True, err=True)
 
 
 def _confirm(incident_id: int, sha256: str, reference: str) -> None:

@@ -24,7 +24,7 @@ OPEN_EXCLUDED = ("purged", "released")
 @db_option
 @json_option
 def report(incident_refs, all_, require_linkage, out_dir, db, as_json):
-    """Write an incident report to <reports dir>/<ID>.html.
+    """Write an incident report to <reports dir>/<ID>.html (earlier versions are kept).
 
     One self-contained HTML file per incident (no scripts, no external requests, never the
     image): summary and hashes, the storage keys and vault entries, the classifier's evidence,
@@ -36,6 +36,11 @@ def report(incident_refs, all_, require_linkage, out_dir, db, as_json):
     FSQ_PICTRS_API_KEY (pict-rs internal API), and FSQ_LEMMY_DATABASE_URL (read-only). A
     missing or unreachable source is named in the report and warned about; the command still
     exits 0 unless --require-linkage is given (then 3).
+
+    <ID>.html is always the newest report with the most linkage: the one it replaces is kept as
+    <ID>.<UTC timestamp>.html, and a report that lost a source the current one had (e.g. made
+    while Lemmy's PostgreSQL is down) is written beside it as <ID>.<timestamp>.html, with a
+    warning, instead of over it.
 
     \b
     Example:
@@ -63,8 +68,16 @@ def report(incident_refs, all_, require_linkage, out_dir, db, as_json):
             incomplete.append(iid)
             for p in problems:
                 warn(f"incident {iid}: linkage incomplete: {p}")
+        pl = res.placement
+        if pl is not None and not pl.replaces_current:
+            warn(f"incident {iid}: this report has less linkage than the current "
+                 f"{iid}.html (no {', '.join(pl.lost_sources)} now); written beside it as "
+                 f"{pl.name}, {iid}.html kept. Regenerate when the source is back")
         results.append({"incident": iid, "path": str(res.path), "sha256": res.sha256,
                         "linkage_complete": not problems, "linkage_problems": problems,
+                        "current": pl is None or pl.replaces_current,
+                        "previous_kept_as": pl.superseded_as if pl else None,
+                        "linkage_lost": pl.lost_sources if pl else [],
                         "report": res.model})
         if not as_json:
             click.echo(f"incident {iid}: {res.path}")

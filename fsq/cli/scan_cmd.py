@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import click
 
@@ -44,10 +45,15 @@ def classifier_options(f):
     return f
 
 
-def print_summary(s, as_json: bool) -> None:
+def print_summary(s, as_json: bool, rescan_stale: bool = False, stamp: bool = False) -> None:
     if as_json:
         echo_json(s.to_json())
         return
+    if stamp:  # daemon: each pass's summary line says when it ended
+        click.echo(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()), nl=False)
+    if s.stale and rescan_stale:
+        click.echo(f"{s.stale} object(s) had been decided under another "
+                   f"{'/'.join(s.stale_changed) or 'model'}: decided again in this run")
     click.echo(f"run {s.run_id}: {s.status} in {s.seconds:.1f}s: listed {s.listed}, "
                f"scanned {s.scanned}, skipped {s.skipped}, clean {s.clean}, "
                f"flagged {s.flagged}, unreadable {s.unreadable}, errors {s.errors}"
@@ -68,13 +74,18 @@ def print_summary(s, as_json: bool) -> None:
                                "[FSQ_SOURCE].")
 @click.option("--dry-run", is_flag=True, help="Record verdicts; quarantine nothing.")
 @click.option("--rescan", is_flag=True, help="Fetch and classify again even unchanged keys.")
+@click.option("--rescan-stale", is_flag=True,
+              help="Re-decide exactly the objects decided under another model, concept set, "
+                   "severity or rule version (a scan counts them; unchanged keys are skipped "
+                   "otherwise).")
 @click.option("--interval", type=int, help="Seconds between daemon passes [FSQ_INTERVAL].")
 @vault_options
 @classifier_options
 @host_key_option
 @db_option
 @json_option
-def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_public_key, model,
+def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vault,
+         vault_public_key, model,
          pretrained, concepts, severity, precision, device, batch_size, workers, threads,
          unreadable, hash_lists, accept_new_host_key, db, as_json):
     """Scan a pict-rs store, classify new images, quarantine what is flagged.
@@ -87,6 +98,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
       fsq scan --all --dry-run --source file:///srv/lemmy/volumes/pictrs/files
       fsq scan --daemon --interval 600 --source s3://pictrs-bucket
       fsq scan --all --model ./cfg.json --pretrained ./weights.pt --json
+      fsq scan --all --severity strict --rescan-stale   # after changing a decision setting
     """
     if mode_all and daemon:
         raise UsageError("--all and --daemon exclude each other; pick one")
@@ -101,9 +113,12 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
     src = open_source(settings.source, settings)
     if actor is not None:
         actor.recover(conn, {src.url: src})  # finish moves a crash left half-done
-    progress = Progress("scan")
+    from fsq.ledger.state import last_listed
+    expected = None if daemon else last_listed(conn, src.url)
+    progress = Progress("scan", expected=expected)
     scanner = build_scanner(settings, conn, src, dry_run=dry_run, rescan=rescan,
-                            mode="daemon" if daemon else "all", progress=progress, actor=actor)
+                            mode="daemon" if daemon else "all", progress=progress, actor=actor,
+                            rescan_stale=rescan_stale)
     stop = threading.Event()
 
     def _on_signal(signum, frame):
@@ -119,6 +134,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
             if daemon:
                 _pull_peers(conn, settings)
             summary = scanner.run_pass()
+            progress.start()  # a daemon's next pass lists only what is new: no estimate
             if actor is not None and summary.status == "finished":
                 # Flagged earlier but not yet quarantined (dry runs, failed moves): act now.
                 res = actor.apply_pending(conn, src)
@@ -126,10 +142,14 @@ def scan(mode_all, daemon, source, dry_run, rescan, interval, vault, vault_publi
                 summary.quarantine_failed += res["failed"]
                 summary.problems.extend({"key": p["key"], "status": "quarantine-failed",
                                          "reason": p["reason"]} for p in res["problems"])
-            print_summary(summary, as_json)
+            print_summary(summary, as_json, scanner.cfg.rescan_stale, stamp=daemon)
+            if summary.stale and not scanner.cfg.rescan_stale and not rescan:
+                warn(f"{summary.stale} object(s) were decided under another "
+                     f"{'/'.join(summary.stale_changed) or 'model'} and were not looked at "
+                     "again; `fsq scan --rescan-stale` re-decides exactly those")
             if not daemon or stop.is_set():
                 break
-            scanner.cfg.rescan = False
+            scanner.cfg.rescan = scanner.cfg.rescan_stale = False
             log.info("next pass in %ss", settings.interval)
             if stop.wait(settings.interval):
                 break

@@ -328,6 +328,29 @@ CREATE TABLE peer_rejections (
     cursor       TEXT,
     statement_id TEXT,
     data_sha256  TEXT
+"""),
+    (6, "verdict settings digest, legacy flags", r"""
+-- The digest of the decision settings (model, weights, concept set, severity, rule version)
+-- that produced a model verdict; see fsq.ledger.stale. NULL for verdicts from before.
+ALTER TABLE verdicts ADD COLUMN settings_digest TEXT;
+
+-- History imported from another tool (fedi-safety's lemmy_safety.db): never a finding, only a
+-- note. outcome: queued (file present: the next scan decides it) | already-scanned (fsq has
+-- its own verdict) | removed (gone, the old tool had flagged it: it deleted it) | gone (gone,
+-- not flagged by the old tool) | invalid (the key could not be a storage key).
+CREATE TABLE legacy_flags (
+    id          INTEGER PRIMARY KEY,
+    tool        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    legacy_id   INTEGER,
+    nsfw        INTEGER,
+    csam        INTEGER,
+    recorded_at TEXT,               -- when the old tool recorded it (UTC ISO 8601, or as given)
+    imported_at TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    note        TEXT NOT NULL,
+    UNIQUE (tool, source, key)
 );
 """),
 ]

@@ -38,6 +38,7 @@ class VerdictRecord:
     height: int | None = None
     frames: int | None = None
     details: dict[str, Any] | None = None
+    settings_digest: str | None = None  # decision settings of a model verdict (ledger.stale)
 
 
 # --- objects -----------------------------------------------------------------------------------
@@ -60,12 +61,27 @@ def unchanged(row: sqlite3.Row | None, size: int, mtime: float) -> bool:
 
 def touch_object(conn: sqlite3.Connection, source: str, key: str, size: int, mtime: float,
                  run_id: int | None) -> int:
+    """Record that ``key`` was listed with ``size``/``mtime``; returns the object id.
+
+    A known key whose size or mtime changed takes the new ones *and* status 'pending', so the
+    next pass skips it only once this one recorded a result for the new bytes: a crash in
+    between leaves it pending (looked at again), never "unchanged" with the old verdict. (A
+    released file is written back with a new mtime: without the refresh it was downloaded
+    again on every pass.)"""
     now = iso()
     cur = conn.execute(
         "INSERT INTO objects (source, key, size, mtime, status, first_seen, last_seen, last_scan)"
         " VALUES (?,?,?,?, 'pending', ?, ?, ?)"
         " ON CONFLICT(source, key) DO UPDATE SET last_seen=excluded.last_seen,"
-        " last_scan=excluded.last_scan RETURNING id",
+        " last_scan=excluded.last_scan,"
+        # 'skipped' rows (symlinks, non-regular files) keep theirs: the scanner re-decides
+        # those on every listing, and a skipped row that turns into a file must not look
+        # unchanged on the next pass.
+        " status=CASE WHEN objects.status='skipped' OR (objects.size IS excluded.size"
+        " AND objects.mtime IS excluded.mtime) THEN objects.status ELSE 'pending' END,"
+        " size=CASE WHEN objects.status='skipped' THEN objects.size ELSE excluded.size END,"
+        " mtime=CASE WHEN objects.status='skipped' THEN objects.mtime ELSE excluded.mtime END"
+        " RETURNING id",
         (source, db_key(key), size, mtime, now, now, run_id))
     return cur.fetchone()[0]
 
@@ -93,21 +109,30 @@ def objects_with_status(conn: sqlite3.Connection, source: str, status: str
 def insert_verdict(conn: sqlite3.Connection, sha256: str, v: VerdictRecord) -> int:
     cur = conn.execute(
         "INSERT INTO verdicts (sha256, created_at, outcome, reason, method, model_id, "
-        "concepts_digest, severity, rule_version, media_type, width, height, frames, details) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "concepts_digest, severity, rule_version, media_type, width, height, frames, details, "
+        "settings_digest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (sha256, iso(), v.outcome, v.reason, v.method, v.model_id, v.concepts_digest,
          v.severity, v.rule_version, v.media_type, v.width, v.height, v.frames,
-         json.dumps(v.details or {}, sort_keys=True)))
+         json.dumps(v.details or {}, sort_keys=True), v.settings_digest))
     return int(cur.lastrowid)
 
 
-def cached_verdict(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
+def cached_verdict(conn: sqlite3.Connection, sha256: str, settings_digest: str | None = None
+                   ) -> sqlite3.Row | None:
     """Latest conclusive verdict for identical content (any key), so it is not classified
     again. Errors are not conclusive, and neither are peer attestations (method
-    'attestation'): they apply only while the statement does (fsq.exchange.trust)."""
+    'attestation'): they apply only while the statement does (fsq.exchange.trust). With
+    ``settings_digest``, a model verdict (or a reuse of one) counts only if it was decided under
+    those settings (fsq.ledger.stale)."""
+    if settings_digest is None:
+        return conn.execute(
+            "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged',"
+            "'unreadable') AND method != 'attestation' ORDER BY id DESC LIMIT 1",
+            (sha256,)).fetchone()
     return conn.execute(
         "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged','unreadable') "
-        "AND method != 'attestation' ORDER BY id DESC LIMIT 1", (sha256,)).fetchone()
+        "AND method != 'attestation' AND (method NOT IN ('clip','cache') OR settings_digest=?) "
+        "ORDER BY id DESC LIMIT 1", (sha256, settings_digest)).fetchone()
 
 
 def get_verdict(conn: sqlite3.Connection, verdict_id: int) -> sqlite3.Row | None:
@@ -237,3 +262,13 @@ def flagged_pending(conn: sqlite3.Connection, source: str | None = None
         sql += " AND o.source = ?"
         args = (source,)
     yield from conn.execute(sql + " ORDER BY o.id", args)
+
+
+def last_listed(conn: sqlite3.Connection, source: str) -> int | None:
+    """How many objects the last finished full pass of ``source`` listed (a progress estimate)."""
+    row = conn.execute("SELECT counts FROM scan_runs WHERE source=? AND mode='all' AND "
+                       "status='finished' ORDER BY id DESC LIMIT 1", (source,)).fetchone()
+    if row is None:
+        return None
+    n = json.loads(row["counts"] or "{}").get("listed")
+    return int(n) if isinstance(n, int) and n > 0 else None

@@ -36,7 +36,7 @@ EXCERPT = 240            # characters of context around a match
 
 _TABLES = ("instance", "person", "local_user", "community", "post", "comment", "private_message",
            "site", "login_token", "custom_emoji", "post_report", "comment_report", "local_image",
-           "image_upload")
+           "image_upload", "instance_actions")
 
 
 @dataclass
@@ -104,6 +104,10 @@ class Upload:
     thumbnail_for_post_id: int | None
     server_made: bool          # no uploader: a thumbnail Lemmy had pict-rs make
     logins: list[Login] = field(default_factory=list)
+    # 1.0 records a server-made thumbnail under the *post's creator* (person_id) with
+    # thumbnail_for_post_id set: that person posted the link, they did not upload the file.
+    # Kept here, never as ``person`` (the uploader), so no report names them as uploader.
+    link_poster: Person | None = None
 
 
 @dataclass
@@ -265,8 +269,26 @@ class LemmyDB:
         return [sql.SQL("{}.id").format(sql.Identifier(a)),
                 self._col(a, "person", "name"), self._col(a, "person", "display_name"),
                 self._col(a, "person", "ap_id", "actor_id"), self._col(a, "person", "local"),
-                self._col(ia, "instance", "domain"), self._col(a, "person", "banned"),
+                self._col(ia, "instance", "domain"), self._banned(a),
                 self._col(a, "person", "deleted")]
+
+    def _banned(self, a: str) -> Any:
+        """0.19: ``person.banned``. 1.0 moved bans to ``instance_actions`` (one row per person
+        and instance, ``received_ban_at``/``ban_expires_at``): banned = an unexpired ban by the
+        person's home instance or by this one (the instance of the local accounts)."""
+        from psycopg import sql
+
+        if self.schema.has("person", "banned") or not (
+                self.schema.has("instance_actions", "received_ban_at")
+                and self.schema.has("instance_actions", "person_id")):
+            return self._col(a, "person", "banned")
+        expires = (sql.SQL(" AND (ba.ban_expires_at IS NULL OR ba.ban_expires_at > now())")
+                   if self.schema.has("instance_actions", "ban_expires_at") else sql.SQL(""))
+        return sql.SQL(
+            "EXISTS (SELECT 1 FROM instance_actions ba WHERE ba.person_id = {a}.id "
+            "AND ba.received_ban_at IS NOT NULL{expires} AND (ba.instance_id = {a}.instance_id "
+            "OR ba.instance_id IN (SELECT lp.instance_id FROM person lp WHERE lp.local)))"
+        ).format(a=sql.Identifier(a), expires=expires)
 
     @staticmethod
     def _person(vals: tuple) -> Person | None:
@@ -338,6 +360,12 @@ class LemmyDB:
         out: list[Upload] = []
         for r in self._q(q, [aliases]):
             person = self._person(r[6:14])
+            if r[2] is not None:  # 1.0: thumbnail_for_post_id set = the server made this file
+                out.append(Upload(alias=r[0], published=_iso(r[1]), table=t, person=None,
+                                  local_user_id=None, email=None, admin=None,
+                                  thumbnail_for_post_id=r[2], server_made=True,
+                                  link_poster=person))
+                continue
             out.append(Upload(alias=r[0], published=_iso(r[1]), table=t, person=person,
                               local_user_id=r[3], email=r[4], admin=r[5],
                               thumbnail_for_post_id=r[2],

@@ -243,7 +243,9 @@ def _read_small(path: str, what: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{what} {path} not found; {_HINT}") from None
+        hint = _HINT if "private" not in what else _HINT.replace(
+            "FSQ_VAULT_PUBLIC_KEY", "FSQ_VAULT_PRIVATE_KEY (or --vault-private-key)")
+        raise ConfigError(f"{what} {path} not found; {hint}") from None
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
     if len(data) > _MAX_KEY_FILE:

@@ -13,7 +13,9 @@ Safety (invariant 4): text from Lemmy is hostile until proven otherwise.
   load or send anything. No image bytes are ever embedded or linked.
 
 Output: ``<reports_dir>/<incident id>.html``, written atomically, file 0600 in a 0700 directory;
-each generation is an audit event ``report.generated`` with the HTML's SHA-256.
+each generation is an audit event ``report.generated`` with the HTML's SHA-256. Earlier
+versions are kept as ``<id>.<timestamp>.html``, and a report with less linkage than the current
+one is written beside it instead of over it (fsq.reports.versions).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import fsq
 from fsq.errors import ConfigError, UsageError
 from fsq.ledger import audit
 from fsq.lemmy.linkage import Linkage, link_incident
+from fsq.reports import versions
 from fsq.reports.model import build_model, incident_keys
 from fsq.secrets import mask_secrets, redact
 from fsq.timeutil import parse_iso
@@ -180,6 +183,7 @@ class ReportResult:
     sha256: str
     model: dict[str, Any]
     linkage: Linkage | None
+    placement: versions.Placement | None = None
 
 
 def _write_private(out_dir: Path, name: str, data: bytes) -> tuple[Path, str]:
@@ -217,15 +221,21 @@ def generate_report(conn: sqlite3.Connection, incident: str | int, settings: Any
     digest = hashlib.sha256(data).hexdigest()
     iid = model["incident"]["id"]
     directory = Path(out_dir if out_dir is not None else settings.reports_dir)
-    tmp, final = _write_private(directory, f"{iid}.html", data)
+    lk = model["linkage"]
+    # <id>.html is the newest report with the most linkage; see fsq.reports.versions.
+    placed = versions.place(conn, directory, iid, list(lk.get("sources_used", [])))
+    tmp, final = _write_private(directory, placed.name, data)
     try:
-        lk = model["linkage"]
         audit.append(conn, "report.generated", f"incident:{iid}", {
-            "file": f"{iid}.html", "sha256": digest,
+            "file": placed.name, "sha256": digest,
             "linkage_sources": list(lk.get("sources_used", [])),
             "linkage_unavailable": [s["name"] for s in lk.get("missing", [])
                                     if s["status"] == "unavailable"],
+            **({"previous_kept_as": placed.superseded_as} if placed.superseded_as else {}),
+            **({"beside_current": f"{iid}.html", "linkage_lost": placed.lost_sources}
+               if not placed.replaces_current else {}),
         })
+        versions.keep_previous(directory, placed)
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -241,7 +251,7 @@ def generate_report(conn: sqlite3.Connection, incident: str | int, settings: Any
             os.close(dfd)
     except OSError:
         pass
-    return ReportResult(Path(final), digest, model, linkage)
+    return ReportResult(Path(final), digest, model, linkage, placed)
 
 
 def render_incident(conn: sqlite3.Connection, incident_id: str | int, settings: Any) -> Path:

@@ -416,7 +416,8 @@ class Validator:
         data = it.up.data
         it.sha256, it.md5 = hashes(data)
         it.sniffed = sniff(data)
-        v = precheck(self._reader(), it.sha256, it.md5, self.known, use_cache=True)
+        v = precheck(self._reader(), it.sha256, it.md5, self.known, use_cache=True,
+                     settings_digest=self.cfg.settings_digest)
         if v is not None and v.method == "cache" and v.outcome == "unreadable":
             v = None  # cheap to decode again, and then the current --unreadable applies
         it.verdict = v

@@ -16,9 +16,17 @@ CREATE TABLE person (
     ap_id        varchar(255) NOT NULL UNIQUE,
     local        boolean NOT NULL DEFAULT true,
     instance_id  integer NOT NULL REFERENCES instance(id),
-    banned       boolean NOT NULL DEFAULT false,
     deleted      boolean NOT NULL DEFAULT false,
     published_at timestamptz NOT NULL DEFAULT now()
+);
+-- 1.0 has no person.banned: a ban is a row here (received_ban_at, optional expiry).
+CREATE TABLE instance_actions (
+    person_id       integer NOT NULL REFERENCES person(id),
+    instance_id     integer NOT NULL REFERENCES instance(id),
+    blocked_at      timestamptz,
+    received_ban_at timestamptz,
+    ban_expires_at  timestamptz,
+    PRIMARY KEY (person_id, instance_id)
 );
 CREATE TABLE local_user (
     id        serial PRIMARY KEY,
@@ -128,7 +136,9 @@ CREATE TABLE comment_report (
 CREATE TABLE local_image (
     pictrs_alias          text PRIMARY KEY,
     published_at          timestamptz NOT NULL DEFAULT now(),
-    person_id             integer REFERENCES person(id),     -- NULL: server-made thumbnail
+    -- A server-made thumbnail has thumbnail_for_post_id set and person_id = the post's creator
+    -- (who posted the link, not the file); NULL person_id only for rows with no known person.
+    person_id             integer REFERENCES person(id),
     thumbnail_for_post_id integer REFERENCES post(id)
 );
 CREATE TABLE remote_image (

@@ -1,0 +1,1 @@
+"""Bringing history from other tools into fsq (fedi-safety first)."""
