@@ -40,6 +40,7 @@ from fsq.decode import Decoded, Unreadable, decode, hashes, sniff
 from fsq.errors import FsqError
 from fsq.ledger import audit, state
 from fsq.ledger.db import connect, transaction
+from fsq.signals import match as signals
 from fsq.sources.base import ObjectError, ObjectInfo, Source
 
 log = logging.getLogger("fsq.scan")
@@ -108,6 +109,8 @@ class ScanConfig:
     workers: int = 2
     mode: str = "all"                  # all | daemon
     hash_lists: tuple[str, ...] = ()
+    pdq_distance: int = signals.DEFAULT_DISTANCE            # unsafe banks (FSQ_PDQ_DISTANCE)
+    pdq_safe_distance: int = signals.DEFAULT_SAFE_DISTANCE  # safe bank (FSQ_PDQ_SAFE_DISTANCE)
     concepts_digest: str | None = None
     severity: str | None = None
     rule_version: str | None = None
@@ -127,6 +130,7 @@ class _Item:
     decoded: Decoded | None = None
     tensors: list[Any] | None = None
     error: str | None = None
+    pdq: list[Any] = field(default_factory=list)  # fsq.signals.pdq.FrameHash per frame
 
 
 def load_hash_lists(paths: tuple[str, ...]) -> dict[str, str]:
@@ -167,6 +171,7 @@ class Scanner:
         self.progress = progress
         self.db_path = db_path
         self.known = load_hash_lists(config.hash_lists)
+        self.pdq = signals.PdqMatcher(config.pdq_distance, config.pdq_safe_distance)
         self._local = threading.local()
         self._stop = threading.Event()
 
@@ -243,6 +248,10 @@ class Scanner:
         if item.verdict is not None:
             return item
         assert item.decoded is not None
+        item.pdq, item.verdict = signals.check_decoded(self.pdq, item.decoded)
+        if item.verdict is not None:  # a bank decided: no model
+            item.decoded.frames = []
+            return item
         clf = self.classifier
         item.tensors = [clf.preprocess(f) for f in item.decoded.frames]
         item.decoded.frames = []  # free the PIL frames; tensors are what we keep
@@ -257,6 +266,7 @@ class Scanner:
         run_id = state.start_run(self.conn, src, self.cfg.mode, self.cfg.dry_run,
                                  settings=self.cfg.decision_settings or None)
         s.run_id = run_id
+        self.pdq.refresh(self.conn)  # bank entries added since the last pass count now
         since = None
         if self.cfg.mode == "daemon" and not self.cfg.rescan:
             cur = state.get_cursor(self.conn, src)
@@ -384,6 +394,8 @@ class Scanner:
             size=len(it.data or b""), verdict=v,
             audit_details={"source": self.source.url, "key": key,
                            "dry_run": self.cfg.dry_run})
+        if it.pdq:
+            signals.store_pdq(self.conn, it.sha256, it.pdq)
         if v.outcome == "clean":
             s.clean += 1
         elif v.outcome == "unreadable":
@@ -415,8 +427,9 @@ class Scanner:
 def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str], *,
              use_cache: bool = True) -> state.VerdictRecord | None:
     """The checks that decide without decoding, in order: allowlist (released content is never
-    flagged again), known-hash lists (flag without the model), and, with ``use_cache``, the
-    latest conclusive verdict for identical content. None = decode and classify."""
+    flagged again), known-hash lists (flag without the model), hash banks (exact sha256/md5,
+    fsq.signals.match) and, with ``use_cache``, the latest conclusive verdict for identical
+    content. None = decode and classify."""
     if state.is_allowlisted(db, sha256):
         return state.VerdictRecord("clean", "allowlist",
                                    "content is allowlisted (released earlier)")
@@ -425,6 +438,9 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
         matched = "sha256" if sha256 in known else "md5"
         return state.VerdictRecord("flagged", "hash-list", f"{matched} listed in {hit}",
                                    details={"hash_list": hit, "matched": matched})
+    banked = signals.exact_match(db, sha256, md5)  # hash banks (fsq.signals)
+    if banked is not None:
+        return banked
     if use_cache:
         cached = state.cached_verdict(db, sha256)
         if cached is not None:

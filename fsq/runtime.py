@@ -54,6 +54,7 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
         batch_size=settings.batch_size, workers=settings.workers, mode=mode,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
+        pdq_distance=settings.pdq_distance, pdq_safe_distance=settings.pdq_safe_distance,
         severity=settings.severity, rule_version=RULE_VERSION,
         decision_settings=decision_settings(settings, cs.digest, RULE_VERSION))
 
@@ -76,6 +77,7 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "unreadable": settings.unreadable, "max_pixels": settings.max_pixels,
         "max_bytes": settings.max_bytes,
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
+        "pdq_distance": settings.pdq_distance, "pdq_safe_distance": settings.pdq_safe_distance,
     }
 
 

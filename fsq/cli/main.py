@@ -81,6 +81,7 @@ COMMAND_MODULES = [
     "fsq.cli.purge_cmd",
     "fsq.cli.serve_cmd",
     "fsq.cli.report_cmd",
+    "fsq.cli.hashes_cmd",
 ]
 
 

@@ -15,9 +15,11 @@ Endpoints:
 * ``GET /healthz``: 200 ``{"status":"ok",...}`` while the worker runs, else 503.
 * ``GET /metrics``: Prometheus text (fsq.server.metrics).
 
-Checks, the same as the scanner's (fsq.pipeline helpers): allowlist, known-hash lists, the
-cached verdict of identical content, then decode (undecodable -> ``--unreadable``: skip = 200
-and verdict 'unreadable', flag = 406 and sealed) and classify.
+Checks, the same as the scanner's (fsq.pipeline helpers): allowlist, known-hash lists, exact
+hashes in the hash banks, the cached verdict of identical content, then decode (undecodable ->
+``--unreadable``: skip = 200 and verdict 'unreadable', flag = 406 and sealed), PDQ against the
+hash banks (fsq.signals.match: a confirmed image re-uploaded is rejected without the model)
+and classify.
 
 Batching: handlers put uploads on an asyncio queue bounded by ``serve_queue`` (full ->
 overload policy). One worker task takes what is queued, up to ``batch_size`` uploads; a lone
@@ -68,6 +70,7 @@ from fsq.pipeline import (Classifier, ScanConfig, clip_verdict, decode_or_verdic
                           load_hash_lists, precheck, record_verdict)
 from fsq.quarantine.move import UNFINISHED, UPLOAD_SOURCE
 from fsq.server.metrics import Metrics
+from fsq.signals import match as signals
 from fsq.timeutil import iso
 
 log = logging.getLogger("fsq.serve")
@@ -165,6 +168,7 @@ class _Item:
     decoded: Decoded | None = None
     tensors: list[Any] | None = None
     error: str | None = None
+    pdq: list[Any] = field(default_factory=list)  # fsq.signals.pdq.FrameHash per frame
 
 
 def _printable(value: str | None, limit: int = 200) -> str | None:
@@ -192,6 +196,7 @@ class Validator:
         self.cfg = scan_cfg
         self.opts = opts
         self.known = known
+        self.pdq = signals.PdqMatcher(scan_cfg.pdq_distance, scan_cfg.pdq_safe_distance)
         self.run_id = run_id
         self.metrics = Metrics()
         self.metrics.model_loaded = True
@@ -299,6 +304,7 @@ class Validator:
     def process_batch(self, batch: list[Upload]) -> None:
         self.metrics.batch(len(batch))
         items = [_Item(up) for up in batch]
+        self.pdq.refresh(self.conn)  # hash banks: reloaded only when their PDQs changed
         for it in items:  # database reads stay on this thread
             self._guard(it, self._precheck)
         todo = [it for it in items if it.verdict is None and it.error is None]
@@ -357,6 +363,10 @@ class Validator:
         if it.verdict is not None:
             return
         assert it.decoded is not None
+        it.pdq, it.verdict = signals.check_decoded(self.pdq, it.decoded)
+        if it.verdict is not None:  # a hash bank decided: no model
+            it.decoded.frames = []
+            return
         it.tensors = [self.classifier.preprocess(f) for f in it.decoded.frames]
         it.decoded.frames = []
 
@@ -389,6 +399,8 @@ class Validator:
                         md5=it.md5 or "", size=size, verdict=v,
                         audit_details={"source": UPLOAD_SOURCE, "key": key, **context},
                         origin="serve")
+                    if it.pdq:
+                        signals.store_pdq(self.conn, it.sha256 or "", it.pdq)
                 except sqlite3.Error as exc:
                     self.metrics.add("record_failures")
                     log.error("could not record the verdict of upload %s: %s", key, exc)
