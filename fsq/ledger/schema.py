@@ -218,6 +218,22 @@ CREATE TABLE bank_signals (
     UNIQUE (bank, signal_type, signal_value)
 );
 CREATE INDEX bank_signals_value ON bank_signals(signal_type, signal_value);
+
+-- Bumped by every change to the banks, so a scanner or server reloads its in-memory PDQ index
+-- only when something changed (one row read instead of counting a million).
+CREATE TABLE bank_generation (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  INTEGER NOT NULL
+);
+INSERT INTO bank_generation VALUES (1, 0);
+CREATE TRIGGER bank_signals_added AFTER INSERT ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER bank_signals_removed AFTER DELETE ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER bank_signals_changed AFTER UPDATE ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER banks_changed AFTER UPDATE ON banks
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
 """),
 ]
 
