@@ -6,6 +6,7 @@ SHARED_DATA_DIR overrides the location (a worktree elsewhere)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 from pathlib import Path
@@ -113,3 +114,11 @@ def test_index_agrees_with_brute_force(n):
             want = (row, int(d[row])) if d[row] <= radius else None
             assert ix.nearest(q, radius) == want
     assert PdqIndex(np.zeros((0, 32), np.uint8)).nearest(bytes(32), 31) is None
+
+
+def test_lookup_benchmark_smoke(capsys):
+    from fsq.signals.bench import main
+    assert main(["--entries", "1000,40000", "--queries", "60", "--no-scan", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["entries"] for r in out["lookups"]] == [1000, 40000]
+    assert all(r["found"] == 30 and r["lookups_per_s"] > 0 for r in out["lookups"])

@@ -195,6 +195,8 @@ def check_decoded(matcher: PdqMatcher | None, decoded: Any
                   ) -> tuple[list[FrameHash], VerdictRecord | None]:
     """PDQ of the frames the pipeline decoded, and the bank verdict if one decides. Runs on a
     worker thread (no database access)."""
+    if not pdq.available():
+        _warn_no_pdq()
     frames = pdq.hash_frames(decoded.frames, decoded.sampled)
     if matcher is None:
         return frames, None
@@ -205,6 +207,16 @@ def check_decoded(matcher: PdqMatcher | None, decoded: Any
     v.media_type, v.width, v.height, v.frames = (decoded.media_type, decoded.width,
                                                  decoded.height, decoded.n_frames)
     return frames, v
+
+
+_warned: list[bool] = []
+
+
+def _warn_no_pdq() -> None:
+    if not _warned:
+        _warned.append(True)
+        log.warning("PDQ is off (the pdqhash package is not installed: pip install "
+                    "'fsq[pdq]'): only exact hashes are matched against the hash banks")
 
 
 def store_pdq(conn: sqlite3.Connection, sha256: str, frames: list[FrameHash]) -> None:
