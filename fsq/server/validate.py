@@ -197,6 +197,7 @@ class Validator:
         self.opts = opts
         self.known = known
         self.pdq = signals.PdqMatcher(scan_cfg.pdq_distance, scan_cfg.pdq_safe_distance)
+        self.pdq.refresh(conn)  # load the banks before the first upload waits for it
         self.run_id = run_id
         self.metrics = Metrics()
         self.metrics.model_loaded = True

@@ -17,6 +17,7 @@ Memory: 32 bytes per entry plus 16 x 4 bytes of bucket order: about 100 MB at 10
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -34,6 +35,7 @@ def _popcount_rows(x: np.ndarray) -> np.ndarray:
     return _LUT[x.view(np.uint8)].sum(axis=1, dtype=np.int32)
 
 
+@lru_cache(maxsize=4)
 def _masks(t: int) -> np.ndarray:
     out = [0]
     for k in range(1, t + 1):
@@ -49,16 +51,19 @@ class PdqIndex:
         h = np.ascontiguousarray(hashes, dtype=np.uint8).reshape(-1, 32)
         self._u64 = h.view(np.uint64)                    # (n, 4) for distances
         self.size = len(h)
-        self._order: list[np.ndarray] = []
-        self._starts: list[np.ndarray] = []
+        # Per word s: entry rows sorted by that word (``_order[s]``) and where each of the
+        # 65536 word values starts in that order (``_starts[s]``); one array each, so a
+        # lookup gathers all bucket ranges without a Python loop.
+        self._order: np.ndarray | None = None
+        self._starts: np.ndarray | None = None
         if self.size > BRUTE_MAX:
             words = h.view(">u2")                        # (n, 16) 16-bit words
+            self._order = np.empty((WORDS, self.size), dtype=np.int32)
+            self._starts = np.zeros((WORDS, 65537), dtype=np.int64)
             for s in range(WORDS):
                 keys = words[:, s]
-                self._order.append(np.argsort(keys, kind="stable").astype(np.int32))
-                starts = np.zeros(65537, dtype=np.int64)
-                np.cumsum(np.bincount(keys, minlength=65536), out=starts[1:])
-                self._starts.append(starts)
+                self._order[s] = np.argsort(keys, kind="stable")
+                np.cumsum(np.bincount(keys, minlength=65536), out=self._starts[s, 1:])
 
     def __len__(self) -> int:
         return self.size
@@ -73,22 +78,26 @@ class PdqIndex:
             raise ValueError("a PDQ hash is 32 bytes")
         q64 = q.view(np.uint64)
         t = radius // WORDS
-        if not self._order or t > 2:
+        if self._order is None or t > 2:
             d = _popcount_rows(self._u64 ^ q64)
             row = int(np.argmin(d))
             return (row, int(d[row])) if d[row] <= radius else None
         masks = _masks(t)
         qw = q.view(">u2").astype(np.int64)
-        parts = []
-        for s in range(WORDS):
-            probes = qw[s] ^ masks
-            lo = self._starts[s][probes]
-            hi = self._starts[s][probes + 1]
-            order = self._order[s]
-            parts.extend(order[a:b] for a, b in zip(lo.tolist(), hi.tolist()) if b > a)
-        if not parts:
+        probes = qw[:, None] ^ masks[None, :]             # (16, k) word values to look up
+        rows = np.arange(WORDS)[:, None]
+        lo = self._starts[rows, probes].ravel()
+        hi = self._starts[rows, probes + 1].ravel()
+        n = hi - lo
+        total = int(n.sum())
+        if total == 0:
             return None
-        cand = np.unique(np.concatenate(parts))          # sorted: ties go to the lowest row
+        # positions lo..hi-1 of every bucket, in the flattened (16 * size) order array
+        base = (np.repeat(np.arange(WORDS), len(masks)) * self.size + lo)
+        offsets = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+        cand = self._order.ravel()[np.repeat(base, n) + offsets]   # may repeat a row
         d = _popcount_rows(self._u64[cand] ^ q64)
-        i = int(np.argmin(d))
-        return (int(cand[i]), int(d[i])) if d[i] <= radius else None
+        best = int(d.min())
+        if best > radius:
+            return None
+        return int(cand[d == best].min()), best                     # ties: lowest row
