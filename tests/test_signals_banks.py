@@ -236,3 +236,19 @@ def test_add_files_and_incident_errors(fsq, tmp_path):
     assert fsq(["hashes", "add", "--safe", "--bank", "confirmed", str(img)]).exit_code == 2
     conn = connect("fsq.db")
     assert len(audited(conn, "hashes.added")) == 1
+
+
+def test_hostile_list_text(fsq, tmp_path):
+    """Control characters in notes are neutralised; NUL bytes and non-UTF-8 are refused."""
+    sigs = formats.parse(f'{{"signal_type": "md5", "signal_value": "{MD5}", '
+                         f'"note": "\\u001b[31mred\\r\\nfake line"}}\n')
+    assert sigs[0].note == "?[31mred??fake line"
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(f"md5,{MD5}\nmd5,{MD5[:-1]}\x00\n".encode())
+    r = fsq(["hashes", "import", str(nul), "--bank", "partner"])
+    assert r.exit_code == 2 and "line 2: " in r.stderr
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"md5," + MD5.encode() + b",caf\xe9\n")
+    r = fsq(["hashes", "import", str(latin), "--bank", "partner"])
+    assert r.exit_code == 2 and "not UTF-8" in r.stderr
+    assert connect("fsq.db").execute("SELECT COUNT(*) FROM bank_signals").fetchone()[0] == 0
