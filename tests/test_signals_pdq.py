@@ -122,3 +122,14 @@ def test_lookup_benchmark_smoke(capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["entries"] for r in out["lookups"]] == [1000, 40000]
     assert all(r["found"] == 30 and r["lookups_per_s"] > 0 for r in out["lookups"])
+
+
+def test_degenerate_frames_hash_without_crashing():
+    """1-pixel and one-pixel-wide frames (hostile files decode to anything) go through the C++
+    hasher safely; flat ones are unusable."""
+    rng = np.random.default_rng(0)
+    for w, h in ((1, 1), (1, 2), (2, 1), (1, 512), (512, 1), (3, 3), (4, 7)):
+        hx, q = pdq.hash_image(Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)))
+        assert len(hx) == 64 and 0 <= q <= 100
+        _, flat_q = pdq.hash_image(Image.new("RGB", (w, h), (10, 200, 30)))
+        assert flat_q < pdq.MIN_QUALITY
