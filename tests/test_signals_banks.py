@@ -252,3 +252,15 @@ def test_hostile_list_text(fsq, tmp_path):
     r = fsq(["hashes", "import", str(latin), "--bank", "partner"])
     assert r.exit_code == 2 and "not UTF-8" in r.stderr
     assert connect("fsq.db").execute("SELECT COUNT(*) FROM bank_signals").fetchone()[0] == 0
+
+
+def test_hand_edited_bank_rows_do_not_stop_matching():
+    """Someone with write access to the DB puts junk into bank_signals: it is skipped."""
+    conn = connect("fsq.db")
+    banks.import_signals(conn, "partner", [formats.Signal("pdq", PDQ_A, 100)],
+                         file_name="p", file_sha256="0" * 64)
+    for junk in ("zz" * 32, "ab" * 10, "ab" * 40):
+        conn.execute("INSERT INTO bank_signals (bank, signal_type, signal_value, origin, "
+                     "added_at) VALUES ('partner', 'pdq', ?, 'hand', 'x')", (junk,))
+    m = PdqMatcher.load(conn)
+    assert m.size == 1 and m.match([FrameHash(0, PDQ_A, 100)]).distance == 0

@@ -109,9 +109,19 @@ def _load(conn: sqlite3.Connection) -> tuple[_Side, _Side]:
         for kind, (ids, codes, raw, names) in acc.items():
             mine = [r for r in chunk if kinds.get(r[1]) == kind
                     and (r[3] is None or r[3] >= pdq.MIN_QUALITY)]
+            try:
+                block = bytes.fromhex("".join(r[2] for r in mine))
+                if len(block) != 32 * len(mine):
+                    raise ValueError
+            except (ValueError, TypeError):
+                # Imports are validated; a malformed value means the database was edited by
+                # hand. Skip those rows rather than stop every scan.
+                mine = [r for r in mine if _valid_hex(r[2])]
+                log.warning("skipping malformed PDQ values in bank_signals")
+                block = bytes.fromhex("".join(r[2] for r in mine))
             ids.extend(r[0] for r in mine)
             codes.extend(names.setdefault(r[1], len(names)) for r in mine)
-            raw.append(bytes.fromhex("".join(r[2] for r in mine)))
+            raw.append(block)
     sides = []
     for kind in ("unsafe", "safe"):
         ids, codes, raw, names = acc[kind]
@@ -119,6 +129,13 @@ def _load(conn: sqlite3.Connection) -> tuple[_Side, _Side]:
         sides.append(_Side(hashes, np.array(ids, dtype=np.int64),
                            list(names), np.array(codes, dtype=np.int32)))
     return sides[0], sides[1]
+
+
+def _valid_hex(value: object) -> bool:
+    try:
+        return isinstance(value, str) and len(bytes.fromhex(value)) == 32
+    except ValueError:
+        return False
 
 
 def _signature(conn: sqlite3.Connection) -> int:
@@ -236,7 +253,7 @@ def store_pdq(conn: sqlite3.Connection, sha256: str, frames: list[FrameHash]) ->
 def stored_frames(conn: sqlite3.Connection, sha256: str) -> list[FrameHash]:
     return [FrameHash(r["frame"], r["pdq"], r["quality"]) for r in conn.execute(
         "SELECT frame, pdq, quality FROM content_pdq WHERE sha256=? ORDER BY frame",
-        (sha256,))]
+        (sha256,)) if _valid_hex(r["pdq"]) and isinstance(r["quality"], int)]
 
 
 def find_rematches(conn: sqlite3.Connection, matcher: PdqMatcher
