@@ -264,3 +264,24 @@ def test_hand_edited_bank_rows_do_not_stop_matching():
                      "added_at) VALUES ('partner', 'pdq', ?, 'hand', 'x')", (junk,))
     m = PdqMatcher.load(conn)
     assert m.size == 1 and m.match([FrameHash(0, PDQ_A, 100)]).distance == 0
+
+
+def test_partly_examined_file_is_never_vouched_for_by_safe():
+    from types import SimpleNamespace
+
+    from fsq.signals.match import check_decoded
+    from fsq.signals.pdq import hash_image
+    im = synthetic_image(random.Random(8), 400, 300)
+    value, q = hash_image(im)
+    conn = connect("fsq.db")
+    banks.import_signals(conn, "safe", [formats.Signal("pdq", value, q)], file_name="s",
+                         file_sha256="0" * 64)
+    m = PdqMatcher.load(conn)
+
+    def decoded(incomplete):
+        return SimpleNamespace(frames=[im.copy()], sampled=[0], media_type="image/png",
+                               width=400, height=300, n_frames=1, incomplete=incomplete)
+
+    frames, v = check_decoded(m, decoded(None))
+    assert v.outcome == "clean" and v.method == "pdq" and frames[0].pdq == value
+    assert check_decoded(m, decoded("pixel budget reached"))[1] is None

@@ -225,7 +225,9 @@ def check_decoded(matcher: PdqMatcher | None, decoded: Any
     frames = pdq.hash_frames(decoded.frames, decoded.sampled)
     if matcher is None:
         return frames, None
-    hit = matcher.match(frames)
+    # A file only partly examined (issue 11a: ``Decoded.incomplete``, e.g. a pixel budget
+    # reached) can still be flagged by a frame, but never vouched for by the safe bank.
+    hit = matcher.match(frames, safe=not getattr(decoded, "incomplete", None))
     if hit is None:
         return frames, None
     v = hit_verdict(hit, matcher, len(frames))
