@@ -60,6 +60,18 @@ def _int_min(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    at_least = _int_min(lo)
+
+    def parse(value: str) -> int:
+        n = at_least(value)
+        if n > hi:
+            raise ValueError(f"must be at most {hi}")
+        return n
+
+    return parse
+
+
 def _float_min(minimum: float) -> Callable[[str], float]:
     def parse(value: str) -> float:
         try:
@@ -179,6 +191,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("hash_lists", (), _paths,
       "Comma-separated files of known-bad hashes (hex SHA-256 or MD5, one per line). A match "
       "flags without running the model.", "", group="scan"),
+    S("pdq_distance", 31, _int_range(0, 64),
+      "PDQ match: a decoded image within this many bits (of 256) of an entry of an unsafe "
+      "hash bank is flagged without the model (`fsq hashes`).", "31", group="scan"),
+    S("pdq_safe_distance", 10, _int_range(0, 32),
+      "PDQ match against the safe bank (released false positives): clean without the model "
+      "only within this many bits, on every frame.", "10", group="scan"),
     S("cache_dir", None, _opt_str,
       "Cache for text embeddings; empty = $XDG_CACHE_HOME/fsq or ~/.cache/fsq.", "",
       group="scan"),

@@ -46,6 +46,7 @@ from fsq.ledger import audit, state
 from fsq.ledger.db import connect, transaction
 from fsq.names import db_key, display_key, key_problem
 from fsq.sources.base import ObjectChanged, ObjectError, ObjectInfo, Source
+from fsq.signals import match as signals
 
 log = logging.getLogger("fsq.scan")
 
@@ -121,6 +122,8 @@ class ScanConfig:
     appended_data: str = "flag"        # flag | record: data past a file's real end
     mode: str = "all"                  # all | daemon
     hash_lists: tuple[str, ...] = ()
+    pdq_distance: int = signals.DEFAULT_DISTANCE            # unsafe banks (FSQ_PDQ_DISTANCE)
+    pdq_safe_distance: int = signals.DEFAULT_SAFE_DISTANCE  # safe bank (FSQ_PDQ_SAFE_DISTANCE)
     concepts_digest: str | None = None
     severity: str | None = None
     rule_version: str | None = None
@@ -144,6 +147,7 @@ class _Item:
     decoded: Decoded | None = None
     tensors: list[Any] | None = None
     error: str | None = None
+    pdq: list[Any] = field(default_factory=list)  # fsq.signals.pdq.FrameHash per frame
 
 
 def load_hash_lists(paths: tuple[str, ...]) -> dict[str, str]:
@@ -184,6 +188,7 @@ class Scanner:
         self.progress = progress
         self.db_path = db_path
         self.known = load_hash_lists(config.hash_lists)
+        self.pdq = signals.PdqMatcher(config.pdq_distance, config.pdq_safe_distance)
         self._local = threading.local()
         self._stop = threading.Event()
         self._decoder: Any = None  # fsq.media.DecodePool while a pass runs
@@ -265,6 +270,10 @@ class Scanner:
         if item.verdict is not None:
             return item
         assert item.decoded is not None
+        item.pdq, item.verdict = signals.check_decoded(self.pdq, item.decoded)
+        if item.verdict is not None:  # a bank decided: no model
+            item.decoded.frames = []
+            return item
         clf = self.classifier
         item.tensors = [clf.preprocess(f) for f in item.decoded.frames]
         item.decoded.frames = []  # free the PIL frames; tensors are what we keep
@@ -280,6 +289,7 @@ class Scanner:
                                  settings=self.cfg.decision_settings or None)
         s.run_id = run_id
         stale_ids = self._stale(s)
+        self.pdq.refresh(self.conn)  # bank entries added since the last pass count now
         since = None
         if self.cfg.mode == "daemon" and not self.cfg.rescan and not stale_ids:
             cur = state.get_cursor(self.conn, src)
@@ -430,6 +440,8 @@ class Scanner:
             size=len(it.data or b""), verdict=v,
             audit_details={"source": self.source.url, "key": key,
                            "dry_run": self.cfg.dry_run})
+        if it.pdq:
+            signals.store_pdq(self.conn, it.sha256, it.pdq)
         if v.outcome == "clean":
             s.clean += 1
         elif v.outcome == "unreadable":
@@ -477,7 +489,8 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
              use_cache: bool = True, trust: Callable[..., state.VerdictRecord | None] | None
              = None, settings_digest: str | None = None) -> state.VerdictRecord | None:
     """The checks that decide without decoding, in order: allowlist (released content is never
-    flagged again), known-hash lists (flag without the model), trusted peers' attestations
+    flagged again), known-hash lists (flag without the model), hash banks (exact sha256/md5,
+    fsq.signals.match; local decisions, so before any peer), trusted peers' attestations
     (``trust``), and, with ``use_cache``, the latest conclusive verdict for identical content.
     None = decode and classify."""
     if state.is_allowlisted(db, sha256):
@@ -488,6 +501,9 @@ def precheck(db: sqlite3.Connection, sha256: str, md5: str, known: dict[str, str
         matched = "sha256" if sha256 in known else "md5"
         return state.VerdictRecord("flagged", "hash-list", f"{matched} listed in {hit}",
                                    details={"hash_list": hit, "matched": matched})
+    banked = signals.exact_match(db, sha256, md5)  # hash banks (fsq.signals)
+    if banked is not None:
+        return banked
     if trust is not None:
         attested = trust(db, sha256, md5)
         if attested is not None:

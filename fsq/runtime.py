@@ -68,6 +68,7 @@ def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,
         decode_pixels=settings.decode_pixels, max_frames=settings.max_frames,
         max_video_seconds=settings.max_video_seconds, appended_data=settings.appended_data,
         hash_lists=tuple(settings.hash_lists), concepts_digest=cs.digest,
+        pdq_distance=settings.pdq_distance, pdq_safe_distance=settings.pdq_safe_distance,
         severity=settings.severity, rule_version=RULE_VERSION,
         decision_settings=decision_settings(settings, cs.digest, RULE_VERSION),
         trust=trust if trust.active else None)
@@ -95,6 +96,7 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "max_bytes": settings.max_bytes,
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
         "trust_safe": settings.trust_safe, "trust_unsafe": settings.trust_unsafe,
+        "pdq_distance": settings.pdq_distance, "pdq_safe_distance": settings.pdq_safe_distance,
     }
 
 

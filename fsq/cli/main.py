@@ -137,6 +137,7 @@ COMMAND_MODULES = [
     "fsq.cli.attest_cmd",
     "fsq.cli.peers_cmd",
     "fsq.cli.import_cmd",
+    "fsq.cli.hashes_cmd",
 ]
 
 

@@ -352,6 +352,64 @@ CREATE TABLE legacy_flags (
     note        TEXT NOT NULL,
     UNIQUE (tool, source, key)
 );
+    (4, "content signals: PDQ per frame, hash banks", r"""
+-- PDQ of every decoded still and sampled frame, by content sha256 (beside objects.sha256/md5).
+-- frame: index in the file (0 for a still). Written by the scanner and `fsq serve`.
+CREATE TABLE content_pdq (
+    sha256      TEXT NOT NULL,
+    frame       INTEGER NOT NULL,
+    pdq         TEXT NOT NULL,          -- 64 lowercase hex digits
+    quality     INTEGER NOT NULL,       -- 0..100; < 50 is never matched
+    PRIMARY KEY (sha256, frame)
+);
+
+-- Named collections of signals. kind 'unsafe': a match flags without the model; 'safe': a
+-- close match is clean without the model. 'confirmed' and 'safe' always exist.
+CREATE TABLE banks (
+    name        TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('unsafe', 'safe')),
+    description TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL
+);
+INSERT INTO banks VALUES ('confirmed', 'unsafe',
+    'content confirmed by a reviewer or added with fsq hashes add',
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+INSERT INTO banks VALUES ('safe', 'safe',
+    'released false positives and content added with fsq hashes add --safe',
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+
+-- One signal of one bank. signal_type: pdq | md5 | sha256 | video_md5 (python-threatexchange
+-- names); signal_value: lowercase hex. origin: how it came (import:<sha256 of the list file>,
+-- incident:<id>, file, release:<incident id>). note: text from an imported list (untrusted).
+CREATE TABLE bank_signals (
+    id           INTEGER PRIMARY KEY,
+    bank         TEXT NOT NULL REFERENCES banks(name),
+    signal_type  TEXT NOT NULL,
+    signal_value TEXT NOT NULL,
+    quality      INTEGER,
+    incident_id  INTEGER REFERENCES incidents(id),
+    origin       TEXT NOT NULL,
+    note         TEXT,
+    added_at     TEXT NOT NULL,
+    UNIQUE (bank, signal_type, signal_value)
+);
+CREATE INDEX bank_signals_value ON bank_signals(signal_type, signal_value);
+
+-- Bumped by every change to the banks, so a scanner or server reloads its in-memory PDQ index
+-- only when something changed (one row read instead of counting a million).
+CREATE TABLE bank_generation (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  INTEGER NOT NULL
+);
+INSERT INTO bank_generation VALUES (1, 0);
+CREATE TRIGGER bank_signals_added AFTER INSERT ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER bank_signals_removed AFTER DELETE ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER bank_signals_changed AFTER UPDATE ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER banks_changed AFTER UPDATE ON banks
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
 """),
 ]
 

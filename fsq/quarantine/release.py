@@ -8,7 +8,8 @@ Release is two-phase so that one corrupt entry changes nothing:
   1. decrypt every entry of the incident and check plaintext sha256 == recorded sha256 and the
      sealed metadata names the same key; any failure -> IntegrityError, nothing written;
   2. write each original key back (refusing to replace different content unless ``force``),
-     then shred the vault copies (wrapped key first), allowlist the sha256, mark released.
+     then shred the vault copies (wrapped key first), allowlist the sha256, add its sha256
+     and PDQ to the 'safe' hash bank, mark released.
 A crash in phase 2 is safe to rerun: a key that already holds the same bytes counts as
 restored, and entries stay 'done' until their vault copy is deleted.
 """
@@ -25,6 +26,7 @@ from fsq.ledger import audit, state
 from fsq.ledger.db import transaction
 from fsq.quarantine.move import UPLOAD_SOURCE, blob_name, key_name
 from fsq.quarantine.store import VaultLocked, VaultMissing, VaultStore
+from fsq.signals.banks import SAFE, add_incident
 from fsq.sources.base import ObjectError, ObjectMissing, Source
 from fsq.timeutil import iso
 
@@ -151,6 +153,9 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
         conn.execute("UPDATE objects SET status='released', reason=? WHERE sha256=? AND "
                      "status='flagged'", (f"released: {reason}"[:500], incident["sha256"]))
         state.allowlist_add(conn, incident["sha256"], f"released: {reason}", iid)
+        # Re-encoded or resized copies of a false positive are not flagged again either:
+        # its sha256 and PDQ go into the safe bank (fsq.signals.banks).
+        add_incident(conn, iid, SAFE, origin=f"release:{iid}")
         audit.append(conn, "released", f"incident:{iid}",
                      {"sha256": incident["sha256"], "md5": incident["md5"],
                       "restored": result["restored"], "reason": reason, "force": force,

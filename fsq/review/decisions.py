@@ -10,8 +10,9 @@ Each decision needs a reason and the reviewer's name, runs the existing lifecycl
 appends ``review.decided`` in one transaction. A lifecycle refusal (e.g. clearing an incident
 that was never quarantined) raises before anything is recorded.
 
-Hooks for known-content matching (hash banks): ``on_confirmed`` and ``on_false_positive`` are
-called after the decision is committed; they are no-ops until the banks are wired in.
+Known-content matching (hash banks): ``on_confirmed`` adds a confirmed incident to the
+`confirmed` bank after the decision is committed; a false positive reaches the `safe` bank
+through the release itself.
 """
 
 from __future__ import annotations
@@ -44,11 +45,15 @@ _FINAL = ("released", "purged", "purging")
 
 
 def on_confirmed(conn: sqlite3.Connection, incident_id: int) -> None:
-    """Hook: a reviewer confirmed the incident as apparent CSAM (hash banks add it here)."""
+    """A reviewer confirmed the incident as apparent CSAM: its sha256, md5 and PDQ go into
+    the `confirmed` bank, so re-uploads (also resized or re-encoded) flag without the model."""
+    from fsq.signals.banks import add_incident
+    add_incident(conn, incident_id, "confirmed")   # atomic on its own (audited)
 
 
 def on_false_positive(conn: sqlite3.Connection, incident_id: int) -> None:
-    """Hook: a reviewer released the incident as a false positive (safe-list banks)."""
+    """A reviewer released the incident as a false positive. Nothing more to do here: the
+    release itself adds the content to the `safe` bank (fsq.quarantine.release)."""
 
 
 @dataclass

@@ -15,9 +15,11 @@ Endpoints:
 * ``GET /healthz``: 200 ``{"status":"ok",...}`` while the worker runs, else 503.
 * ``GET /metrics``: Prometheus text (fsq.server.metrics).
 
-Checks, the same as the scanner's (fsq.pipeline helpers): allowlist, known-hash lists, the
-cached verdict of identical content, then decode (undecodable -> ``--unreadable``: skip = 200
-and verdict 'unreadable', flag = 406 and sealed) and classify.
+Checks, the same as the scanner's (fsq.pipeline helpers): allowlist, known-hash lists, exact
+hashes in the hash banks, the cached verdict of identical content, then decode (undecodable ->
+``--unreadable``: skip = 200 and verdict 'unreadable', flag = 406 and sealed), PDQ against the
+hash banks (fsq.signals.match: a confirmed image re-uploaded is rejected without the model)
+and classify.
 
 Preparing, then batching: each upload is first prepared on its own, on a small pool of
 threads (max(``workers``, ``decode_workers``) + 1): hash and cheap checks (through a
@@ -77,6 +79,7 @@ from fsq.quarantine.move import UNFINISHED, UPLOAD_SOURCE
 from fsq.server.http import (BodyBudget, BodyBudgetExceeded, BodyTimeout, BodyTooLarge,
                              ConnectionLimits, fit_connections, guarded_protocol, read_body)
 from fsq.server.metrics import Metrics
+from fsq.signals import match as signals
 from fsq.timeutil import iso
 
 log = logging.getLogger("fsq.serve")
@@ -180,6 +183,7 @@ class _Item:
     decoded: Decoded | None = None
     tensors: list[Any] | None = None
     error: str | None = None
+    pdq: list[Any] = field(default_factory=list)  # fsq.signals.pdq.FrameHash per frame
 
 
 def _printable(value: str | None, limit: int = 200) -> str | None:
@@ -208,6 +212,8 @@ class Validator:
         self.cfg = scan_cfg
         self.opts = opts
         self.known = known
+        self.pdq = signals.PdqMatcher(scan_cfg.pdq_distance, scan_cfg.pdq_safe_distance)
+        self.pdq.refresh(conn)  # load the banks before the first upload waits for it
         self.run_id = run_id
         self.metrics = Metrics()
         self.metrics.model_loaded = True
@@ -371,6 +377,9 @@ class Validator:
 
     def process_batch(self, items: list[_Item]) -> None:
         self.metrics.batch(len(items))
+        # Hash banks: reloaded only when their PDQs changed (the batch thread owns the
+        # database; prep threads read the matcher, whose index is swapped whole).
+        self.pdq.refresh(self.conn)
         need = [it for it in items if it.tensors is not None and it.error is None]
         if need:
             self.metrics.add("model_calls")
@@ -434,6 +443,11 @@ class Validator:
             it.verdict = unreadable_verdict(exc.reason, exc.media_type, self.cfg,
                                             {"decode": exc.kind})
             return
+        assert it.decoded is not None
+        it.pdq, it.verdict = signals.check_decoded(self.pdq, it.decoded)
+        if it.verdict is not None:  # a hash bank decided: no model
+            it.decoded.frames = []
+            return
         it.tensors = [self.classifier.preprocess(f) for f in it.decoded.frames]
         it.decoded.frames = []
 
@@ -466,6 +480,8 @@ class Validator:
                         md5=it.md5 or "", size=size, verdict=v,
                         audit_details={"source": UPLOAD_SOURCE, "key": key, **context},
                         origin="serve")
+                    if it.pdq:
+                        signals.store_pdq(self.conn, it.sha256 or "", it.pdq)
                 except sqlite3.Error as exc:
                     self.metrics.add("record_failures")
                     log.error("could not record the verdict of upload %s: %s", key, exc)
