@@ -176,6 +176,103 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """),
+    (2, "custodian signatures on clearances, hold lifts and destructions", r"""
+-- One signed decision that authorises destruction (fsq.custody.decisions). record is the exact
+-- canonical JSON that was signed; purge re-verifies it and compares it with the other tables
+-- and the audit chain, so editing any of them cannot authorise a purge.
+CREATE TABLE custody_signatures (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,         -- clearance | hold-lift | destruction
+    incident_id INTEGER NOT NULL REFERENCES incidents(id),
+    hold_id     INTEGER REFERENCES holds(id),
+    record      TEXT NOT NULL,
+    signature   TEXT NOT NULL,         -- base64 Ed25519 signature
+    fingerprint TEXT NOT NULL,         -- custodian key that signed
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX custody_signatures_incident ON custody_signatures(incident_id, kind);
+"""),
+    (3, "review console: review state, queue indexes, audit subject index", r"""
+-- Review console (fsq.review). review_state is the reviewer's latest decision:
+--   needs_review | escalated | to_report | reported | kept | false_positive | cleared
+-- (the lifecycle state stays in incidents.state). review_score caches the verdict's best
+-- margin over its threshold for sorting; review_uploader caches the Lemmy uploader learnt by
+-- linkage (NULL = not known yet).
+ALTER TABLE incidents ADD COLUMN review_state TEXT NOT NULL DEFAULT 'needs_review';
+ALTER TABLE incidents ADD COLUMN review_score REAL;
+ALTER TABLE incidents ADD COLUMN review_uploader TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_at TEXT;
+ALTER TABLE incidents ADD COLUMN reviewed_by TEXT;
+-- Incidents decided before the console existed start in the matching review state.
+UPDATE incidents SET review_state = CASE state WHEN 'released' THEN 'false_positive'
+    WHEN 'reported' THEN 'reported' WHEN 'cleared' THEN 'cleared' ELSE review_state END;
+CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
+CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
+CREATE INDEX incidents_created ON incidents(created_at);
+CREATE INDEX incidents_score ON incidents(review_score);
+CREATE INDEX incidents_review_counts ON incidents(review_state, state);
+-- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
+CREATE INDEX audit_subject ON audit(subject, seq);
+"""),
+    (4, "content signals: PDQ per frame, hash banks", r"""
+-- PDQ of every decoded still and sampled frame, by content sha256 (beside objects.sha256/md5).
+-- frame: index in the file (0 for a still). Written by the scanner and `fsq serve`.
+CREATE TABLE content_pdq (
+    sha256      TEXT NOT NULL,
+    frame       INTEGER NOT NULL,
+    pdq         TEXT NOT NULL,          -- 64 lowercase hex digits
+    quality     INTEGER NOT NULL,       -- 0..100; < 50 is never matched
+    PRIMARY KEY (sha256, frame)
+);
+
+-- Named collections of signals. kind 'unsafe': a match flags without the model; 'safe': a
+-- close match is clean without the model. 'confirmed' and 'safe' always exist.
+CREATE TABLE banks (
+    name        TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('unsafe', 'safe')),
+    description TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL
+);
+INSERT INTO banks VALUES ('confirmed', 'unsafe',
+    'content confirmed by a reviewer or added with fsq hashes add',
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+INSERT INTO banks VALUES ('safe', 'safe',
+    'released false positives and content added with fsq hashes add --safe',
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+
+-- One signal of one bank. signal_type: pdq | md5 | sha256 | video_md5 (python-threatexchange
+-- names); signal_value: lowercase hex. origin: how it came (import:<sha256 of the list file>,
+-- incident:<id>, file, release:<incident id>). note: text from an imported list (untrusted).
+CREATE TABLE bank_signals (
+    id           INTEGER PRIMARY KEY,
+    bank         TEXT NOT NULL REFERENCES banks(name),
+    signal_type  TEXT NOT NULL,
+    signal_value TEXT NOT NULL,
+    quality      INTEGER,
+    incident_id  INTEGER REFERENCES incidents(id),
+    origin       TEXT NOT NULL,
+    note         TEXT,
+    added_at     TEXT NOT NULL,
+    UNIQUE (bank, signal_type, signal_value)
+);
+CREATE INDEX bank_signals_value ON bank_signals(signal_type, signal_value);
+
+-- Bumped by every change to the banks, so a scanner or server reloads its in-memory PDQ index
+-- only when something changed (one row read instead of counting a million).
+CREATE TABLE bank_generation (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  INTEGER NOT NULL
+);
+INSERT INTO bank_generation VALUES (1, 0);
+CREATE TRIGGER bank_signals_added AFTER INSERT ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER bank_signals_removed AFTER DELETE ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER bank_signals_changed AFTER UPDATE ON bank_signals
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+CREATE TRIGGER banks_changed AFTER UPDATE ON banks
+BEGIN UPDATE bank_generation SET generation = generation + 1; END;
+"""),
     (5, "lemmy actions", r"""
 -- One row per moderation action sent (or attempted) through Lemmy's API by `fsq lemmy ...`.
 -- state: sealing (evidence being preserved) | sent (request on the wire; outcome unknown if it
@@ -210,43 +307,29 @@ CREATE INDEX lemmy_actions_target ON lemmy_actions(target_kind, target_id);
 -- point at the incident that triggered the action.
 ALTER TABLE incidents ADD COLUMN linked_incident_id INTEGER REFERENCES incidents(id);
 """),
-    (3, "review console: review state, queue indexes, audit subject index", r"""
--- Review console (fsq.review). review_state is the reviewer's latest decision:
---   needs_review | escalated | to_report | reported | kept | false_positive | cleared
--- (the lifecycle state stays in incidents.state). review_score caches the verdict's best
--- margin over its threshold for sorting; review_uploader caches the Lemmy uploader learnt by
--- linkage (NULL = not known yet).
-ALTER TABLE incidents ADD COLUMN review_state TEXT NOT NULL DEFAULT 'needs_review';
-ALTER TABLE incidents ADD COLUMN review_score REAL;
-ALTER TABLE incidents ADD COLUMN review_uploader TEXT;
-ALTER TABLE incidents ADD COLUMN reviewed_at TEXT;
-ALTER TABLE incidents ADD COLUMN reviewed_by TEXT;
--- Incidents decided before the console existed start in the matching review state.
-UPDATE incidents SET review_state = CASE state WHEN 'released' THEN 'false_positive'
-    WHEN 'reported' THEN 'reported' WHEN 'cleared' THEN 'cleared' ELSE review_state END;
-CREATE INDEX incidents_review_date ON incidents(review_state, created_at);
-CREATE INDEX incidents_review_score ON incidents(review_state, review_score);
-CREATE INDEX incidents_created ON incidents(created_at);
-CREATE INDEX incidents_score ON incidents(review_score);
-CREATE INDEX incidents_review_counts ON incidents(review_state, state);
--- Per-incident audit excerpts (reports, views, exports) without scanning the whole log.
-CREATE INDEX audit_subject ON audit(subject, seq);
-"""),
-    (2, "custodian signatures on clearances, hold lifts and destructions", r"""
--- One signed decision that authorises destruction (fsq.custody.decisions). record is the exact
--- canonical JSON that was signed; purge re-verifies it and compares it with the other tables
--- and the audit chain, so editing any of them cannot authorise a purge.
-CREATE TABLE custody_signatures (
+    (6, "verdict settings digest, legacy flags", r"""
+-- The digest of the decision settings (model, weights, concept set, severity, rule version)
+-- that produced a model verdict; see fsq.ledger.stale. NULL for verdicts from before.
+ALTER TABLE verdicts ADD COLUMN settings_digest TEXT;
+
+-- History imported from another tool (fedi-safety's lemmy_safety.db): never a finding, only a
+-- note. outcome: queued (file present: the next scan decides it) | already-scanned (fsq has
+-- its own verdict) | removed (gone, the old tool had flagged it: it deleted it) | gone (gone,
+-- not flagged by the old tool) | invalid (the key could not be a storage key).
+CREATE TABLE legacy_flags (
     id          INTEGER PRIMARY KEY,
-    kind        TEXT NOT NULL,         -- clearance | hold-lift | destruction
-    incident_id INTEGER NOT NULL REFERENCES incidents(id),
-    hold_id     INTEGER REFERENCES holds(id),
-    record      TEXT NOT NULL,
-    signature   TEXT NOT NULL,         -- base64 Ed25519 signature
-    fingerprint TEXT NOT NULL,         -- custodian key that signed
-    created_at  TEXT NOT NULL
+    tool        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    legacy_id   INTEGER,
+    nsfw        INTEGER,
+    csam        INTEGER,
+    recorded_at TEXT,               -- when the old tool recorded it (UTC ISO 8601, or as given)
+    imported_at TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    note        TEXT NOT NULL,
+    UNIQUE (tool, source, key)
 );
-CREATE INDEX custody_signatures_incident ON custody_signatures(incident_id, kind);
 """),
     (9, "attestations and peers", r"""
 -- Shared verdicts (fsq.exchange, docs/federation.md).
@@ -328,91 +411,8 @@ CREATE TABLE peer_rejections (
     cursor       TEXT,
     statement_id TEXT,
     data_sha256  TEXT
-"""),
-    (6, "verdict settings digest, legacy flags", r"""
--- The digest of the decision settings (model, weights, concept set, severity, rule version)
--- that produced a model verdict; see fsq.ledger.stale. NULL for verdicts from before.
-ALTER TABLE verdicts ADD COLUMN settings_digest TEXT;
-
--- History imported from another tool (fedi-safety's lemmy_safety.db): never a finding, only a
--- note. outcome: queued (file present: the next scan decides it) | already-scanned (fsq has
--- its own verdict) | removed (gone, the old tool had flagged it: it deleted it) | gone (gone,
--- not flagged by the old tool) | invalid (the key could not be a storage key).
-CREATE TABLE legacy_flags (
-    id          INTEGER PRIMARY KEY,
-    tool        TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    key         TEXT NOT NULL,
-    legacy_id   INTEGER,
-    nsfw        INTEGER,
-    csam        INTEGER,
-    recorded_at TEXT,               -- when the old tool recorded it (UTC ISO 8601, or as given)
-    imported_at TEXT NOT NULL,
-    outcome     TEXT NOT NULL,
-    note        TEXT NOT NULL,
-    UNIQUE (tool, source, key)
 );
-    (4, "content signals: PDQ per frame, hash banks", r"""
--- PDQ of every decoded still and sampled frame, by content sha256 (beside objects.sha256/md5).
--- frame: index in the file (0 for a still). Written by the scanner and `fsq serve`.
-CREATE TABLE content_pdq (
-    sha256      TEXT NOT NULL,
-    frame       INTEGER NOT NULL,
-    pdq         TEXT NOT NULL,          -- 64 lowercase hex digits
-    quality     INTEGER NOT NULL,       -- 0..100; < 50 is never matched
-    PRIMARY KEY (sha256, frame)
-);
-
--- Named collections of signals. kind 'unsafe': a match flags without the model; 'safe': a
--- close match is clean without the model. 'confirmed' and 'safe' always exist.
-CREATE TABLE banks (
-    name        TEXT PRIMARY KEY,
-    kind        TEXT NOT NULL CHECK (kind IN ('unsafe', 'safe')),
-    description TEXT NOT NULL DEFAULT '',
-    created_at  TEXT NOT NULL
-);
-INSERT INTO banks VALUES ('confirmed', 'unsafe',
-    'content confirmed by a reviewer or added with fsq hashes add',
-    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
-INSERT INTO banks VALUES ('safe', 'safe',
-    'released false positives and content added with fsq hashes add --safe',
-    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
-
--- One signal of one bank. signal_type: pdq | md5 | sha256 | video_md5 (python-threatexchange
--- names); signal_value: lowercase hex. origin: how it came (import:<sha256 of the list file>,
--- incident:<id>, file, release:<incident id>). note: text from an imported list (untrusted).
-CREATE TABLE bank_signals (
-    id           INTEGER PRIMARY KEY,
-    bank         TEXT NOT NULL REFERENCES banks(name),
-    signal_type  TEXT NOT NULL,
-    signal_value TEXT NOT NULL,
-    quality      INTEGER,
-    incident_id  INTEGER REFERENCES incidents(id),
-    origin       TEXT NOT NULL,
-    note         TEXT,
-    added_at     TEXT NOT NULL,
-    UNIQUE (bank, signal_type, signal_value)
-);
-CREATE INDEX bank_signals_value ON bank_signals(signal_type, signal_value);
-
--- Bumped by every change to the banks, so a scanner or server reloads its in-memory PDQ index
--- only when something changed (one row read instead of counting a million).
-CREATE TABLE bank_generation (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    generation  INTEGER NOT NULL
-);
-INSERT INTO bank_generation VALUES (1, 0);
-CREATE TRIGGER bank_signals_added AFTER INSERT ON bank_signals
-BEGIN UPDATE bank_generation SET generation = generation + 1; END;
-CREATE TRIGGER bank_signals_removed AFTER DELETE ON bank_signals
-BEGIN UPDATE bank_generation SET generation = generation + 1; END;
-CREATE TRIGGER bank_signals_changed AFTER UPDATE ON bank_signals
-BEGIN UPDATE bank_generation SET generation = generation + 1; END;
-CREATE TRIGGER banks_changed AFTER UPDATE ON banks
-BEGIN UPDATE bank_generation SET generation = generation + 1; END;
 """),
 ]
 
-# Applied in version order whatever order the entries are listed in.
-MIGRATIONS.sort(key=lambda m: m[0])
 LATEST = MIGRATIONS[-1][0]
