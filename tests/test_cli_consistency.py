@@ -71,14 +71,15 @@ def test_clear_and_release_take_several_ids(two_quarantined, fsq_proc, tmp_path)
 
 
 def test_clear_several_and_hold_by(two_quarantined, fsq_proc):
-    r = fsq_proc(["clear", "1", "2", "--by", "A. Admin", "--reason", "reviewed", "--json"])
+    pw = ["--passphrase-file", str(two_quarantined[1])]   # clear and lift sign as custodian
+    r = fsq_proc(["clear", "1", "2", "--by", "A. Admin", "--reason", "reviewed", "--json", *pw])
     assert r.returncode == 0, r.stderr
     assert [x["incident"] for x in json.loads(r.stdout)] == [1, 2]
     r = fsq_proc(["hold", "add", "1", "--kind", "voluntary", "--reason", "keep",
                   "--by", "B. Counsel", "--json"])
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["created_by"] == "B. Counsel"
-    r = fsq_proc(["hold", "lift", "1", "--reason", "done", "--by", "B. Counsel", "--json"])
+    r = fsq_proc(["hold", "lift", "1", "--reason", "done", "--by", "B. Counsel", "--json", *pw])
     assert r.returncode == 0, r.stderr
     log = json.loads(fsq_proc(["audit", "log", "--json"]).stdout)
     assert any(e["action"].startswith("hold") and "B. Counsel" in json.dumps(e["details"])

@@ -50,8 +50,8 @@ class Instance:
     def __init__(self, root: Path, tiny_model, concepts: Path, env: dict[str, str]) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        (root / "pw").write_text("vault pass\n")
-        (root / "apw").write_text("signing pass\n")
+        (root / "pw").write_text("vault passphrase A\n")
+        (root / "apw").write_text("signing passphrase A\n")
         os.chmod(root / "pw", 0o600)
         os.chmod(root / "apw", 0o600)
         cfg, ckpt = tiny_model

@@ -50,9 +50,11 @@ def cleared(tmp_path, fsq_proc, tiny_model):
                   "--pretrained", str(ckpt), "--concepts", str(concepts_file(tmp_path, -1.0)),
                   "--json"])
     assert r.returncode == 0 and json.loads(r.stdout)["quarantined"] == 1, r.stderr
-    r = fsq_proc(["clear", "1", "--by", "A. Admin", "--reason", "test"])
+    r = fsq_proc(["clear", "1", "--by", "A. Admin", "--reason", "test", "--passphrase-file",
+                  str(tmp_path / "pw")])
     assert r.returncode == 0, r.stderr
-    return {"FSQ_RETENTION_DAYS": "0"}
+    # Purge unlocks the custodian key (fsq.custody): the passphrase comes from the env here.
+    return {"FSQ_RETENTION_DAYS": "0", "FSQ_VAULT_PASSPHRASE": GOOD.strip()}
 
 
 def _state(fsq_proc) -> str:
@@ -82,5 +84,6 @@ def test_short_retention_purge_warns_when_scripted(cleared, fsq_proc):
     assert r.returncode == 0, r.stderr
     assert "FSQ_RETENTION_DAYS=0 is shorter than 365 days" in r.stderr
     assert json.loads(r.stdout)["purged"] == [1]
-    r = fsq_proc(["purge", "--after-clearance"], env={"FSQ_RETENTION_DAYS": "365"})
+    r = fsq_proc(["purge", "--after-clearance"],
+                 env={**cleared, "FSQ_RETENTION_DAYS": "365"})
     assert "shorter than" not in r.stderr

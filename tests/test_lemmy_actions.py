@@ -322,7 +322,7 @@ def test_ban_remove_data_seals_every_upload_then_calls(world, fsq):
     r = fsq(["uploader", f"https://{S.HOST}/u/uploader", "--json"], env=w.env)
     assert r.exit_code == 0 and json.loads(r.stdout)["person"]["id"] == pid
     r = fsq(["uploader", "nobody-here"], env=w.env)
-    assert r.exit_code == 1 and "no Lemmy person" in r.stderr
+    assert r.exit_code == 2 and "no Lemmy person" in r.stderr  # a missing id: usage (2)
     r = fsq(["uploader", str(pid)], env=w.env)
     assert r.exit_code == 0 and S.UPLOADER_IPS[0] in r.stdout and "<script>" not in r.stdout
 

@@ -463,7 +463,7 @@ def test_object_lock_blocks_purge_and_leaves_the_incident_whole(tmp_path, _isola
     (tmp_path / "pass").write_text("purge test passphrase\n")
     (tmp_path / "pass").chmod(0o600)
     ok(["init", "--passphrase-file", str(tmp_path / "pass")])
-    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "pw")
+    monkeypatch.setenv("FSQ_VAULT_PASSPHRASE", "purge test passphrase")
     ok(["scan", "--all", "--source", f"file://{root}", "--hash-list",
         str(tmp_path / "known.txt")])
     before = {k: s3.client.get_object(Bucket=bucket, Key=k)["Body"].read()

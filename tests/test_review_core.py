@@ -252,7 +252,7 @@ def test_export_cli(quarantined, fsq, tmp_path):  # noqa: F811
     assert r.exit_code == 2 and "not empty" in r.stderr
     r = fsq(["export", "9999", "--out", str(tmp_path / "x"), "--passphrase-file",
              str(quarantined.passfile)])
-    assert r.exit_code == 1 and not (tmp_path / "x").exists()
+    assert r.exit_code == 2 and not (tmp_path / "x").exists()  # a missing id: usage (2)
     assert fsq(["audit", "verify"]).exit_code == 0
     assert os.listdir(out)
 

@@ -122,7 +122,7 @@ def test_remove_by_file_and_id_is_audited(fsq, tmp_path):
     r = fsq(["hashes", "remove", "--bank", "partner", "--id", str(entries[0]["id"])])
     assert r.exit_code == 0 and "1 removed" in r.stdout
     assert fsq(["hashes", "remove", "--bank", "partner"]).exit_code == 2  # nothing chosen
-    assert fsq(["hashes", "remove", "--bank", "nope", "--all"]).exit_code == 1
+    assert fsq(["hashes", "remove", "--bank", "nope", "--all"]).exit_code == 2  # a missing bank: usage (2)
     r = fsq(["hashes", "remove", "--bank", "partner", "--all", "--json"])
     assert json.loads(r.stdout)["removed"] == 2
     conn = connect("fsq.db")

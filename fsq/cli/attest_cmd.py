@@ -57,7 +57,14 @@ def _publisher(settings, passphrase_file):
 
 @click.group("attest")
 def attest() -> None:
-    """This instance's signed verdicts, for peers who trust it (docs/federation.md)."""
+    """This instance's signed verdicts, for peers who trust it (docs/federation.md).
+
+    \b
+    Example:
+      fsq attest keygen                 # once: the signing key (asks for its passphrase)
+      fsq attest publish                # sign the human decisions made since last time
+      fsq attest serve --listen 127.0.0.1:14052
+    """
 
 
 @attest.command("keygen")

@@ -13,7 +13,13 @@ from fsq.errors import UsageError
 
 @click.group("custody")
 def custody() -> None:
-    """Chain of custody: signed clearances and hold lifts."""
+    """Chain of custody: signed clearances and hold lifts.
+
+    \b
+    Example:
+      fsq custody re-sign --dry-run     # what an upgraded install has left unsigned
+      fsq custody re-sign --yes --passphrase-file /root/fsq.pass
+    """
 
 
 @custody.command("re-sign")

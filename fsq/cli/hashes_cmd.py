@@ -197,7 +197,7 @@ def add(files, bank, safe, incident_ref, db, as_json):
     settings = load(db=db)
     conn = open_db(settings)
     if incident_ref:
-        from fsq.incidents import resolve
+        from fsq.custody.incidents import resolve
         res = banks.add_incident(conn, int(resolve(conn, incident_ref)["id"]), name)
     else:
         computed = []

@@ -9,7 +9,7 @@ from fsq.cli.common import (VaultCache, db_option, echo_json, json_option, load,
 from fsq.custody.holds import add_hold, lift_hold, list_holds, parse_until
 from fsq.custody.incidents import resolve
 from fsq.custody.retention import HOLD_KINDS
-from fsq.errors import UsageError
+from fsq.errors import NotFound, UsageError
 
 
 @click.group("hold")
@@ -129,6 +129,9 @@ def lift(hold_ref, reason, by, passphrase_file, db, as_json):
     settings = load(db=db)
     conn = open_db(settings, create=False)
     hold_id = _hold_id(hold_ref)
+    if conn.execute("SELECT 1 FROM holds WHERE id=?", (hold_id,)).fetchone() is None:
+        # Before the passphrase: a mistyped number needs no key to be refused.
+        raise NotFound(f"no hold {hold_id}; list them with `fsq hold list`")
     signer = unlock_custodian(settings, passphrase_file)
     res = lift_hold(conn, hold_id, reason=reason, by=by, signer=signer)
     if as_json:

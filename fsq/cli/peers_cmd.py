@@ -10,7 +10,14 @@ from fsq.runtime import pull_limits
 
 @click.group("peers")
 def peers() -> None:
-    """Trusted peer instances: pinned keys, pulls, what was refused."""
+    """Trusted peer instances: pinned keys, pulls, what was refused.
+
+    \b
+    Example:
+      fsq peers add https://fsq.friend.example --key 3f1c...e9   # key id from their keys.json
+      fsq peers pull
+      fsq peers rejections
+    """
 
 
 @peers.command("add")

@@ -80,6 +80,15 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, pass
     settings = load(db=db)
     conn = open_db(settings, create=False)
     pictrs = None if dry_run else pictrs_client(settings)
+    # Questions first, then the passphrase: nothing is unlocked for a purge the admin stops.
+    row = None
+    if after_clearance:
+        if settings.retention_days < SHORT_RETENTION_DAYS and not dry_run:
+            _short_retention(settings.retention_days, yes)
+    else:
+        row = resolve(conn, incident_ref)
+        if not dry_run and not yes and row["state"] not in ("purged",):
+            _confirm(int(row["id"]), row["sha256"], destruction_request)
     custodian: object = None
     vault_key: object = None
     if dry_run:  # no passphrase: the public custodian key checks signatures where it exists
@@ -93,14 +102,10 @@ def purge(after_clearance, incident_ref, destruction_request, yes, dry_run, pass
     try:
         if after_clearance:
             mode = "after-clearance"
-            if settings.retention_days < SHORT_RETENTION_DAYS and not dry_run:
-                _short_retention(settings.retention_days, yes)
             results = purger.after_clearance(settings.retention_days, dry_run=dry_run)
         else:
             mode = "destruction-request"
-            row = resolve(conn, incident_ref)
-            if not dry_run and not yes and row["state"] not in ("purged",):
-                _confirm(int(row["id"]), row["sha256"], destruction_request)
+            assert row is not None
             results = purger.destroy(int(row["id"]), destruction_request, dry_run=dry_run)
     finally:
         cache.close()
