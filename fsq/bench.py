@@ -575,7 +575,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def _formats(formats: list[str]) -> str:
-    names = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "3-frame GIF"}
+    names = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "3-frame GIF",
+             "mp4": "4 s H.264 MP4", "webm": "4 s VP9 WebM"}
     return ", ".join(names.get(f, f) for f in formats)
 
 
@@ -602,8 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the measurements, report the best rate [1]")
     p.add_argument("--formats", default="jpeg,png,webp,gif",
-                   help="image formats of the store, used in turn; without gif every file is "
-                        "one frame for fsq and the old approach alike [jpeg,png,webp,gif]")
+                   help="formats of the store, used in turn (also mp4 and webm: 4-second "
+                        "videos); without gif and videos every file is one frame for fsq and "
+                        "the old approach alike [jpeg,png,webp,gif]")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--workdir", help="keep stores and databases here (reused across runs) "
                                      "[a temporary directory]")
@@ -623,10 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes: choose from {', '.join(MODES)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    from fsq.synth import FORMATS
+    from fsq.synth import FORMATS, VIDEO_FORMATS
     args.formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
-    if not args.formats or any(f not in FORMATS for f in args.formats):
-        p.error(f"--formats: choose from {', '.join(FORMATS)}")
+    if not args.formats or any(f not in FORMATS + VIDEO_FORMATS for f in args.formats):
+        p.error(f"--formats: choose from {', '.join(FORMATS + VIDEO_FORMATS)}")
     if args.images < 1 or args.batch_size < 1 or args.workers < 1 or args.rounds < 1:
         p.error("--images, --batch-size, --workers and --rounds must be at least 1")
     from fsq.classify.clip import default_cache_dir

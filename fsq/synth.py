@@ -19,6 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 FORMATS = ("jpeg", "png", "webp", "gif")
+# Video containers the benchmark can add (PyAV, the `video` extra): a few seconds each.
+VIDEO_FORMATS = ("mp4", "webm")
+VIDEO_SECONDS = 4
 
 
 def uuid7_hex(rng: random.Random, ms: int | None = None) -> str:
@@ -73,8 +76,37 @@ def encode(im: Image.Image, fmt: str, rng: random.Random, frames: int = 3) -> by
         seq = [small] + [synthetic_image(rng, small.width, small.height)
                          for _ in range(frames - 1)]
         seq[0].save(buf, "GIF", save_all=True, append_images=seq[1:], duration=100, loop=0)
+    elif fmt in VIDEO_FORMATS:
+        return encode_video(im, fmt, rng)
     else:
         raise ValueError(fmt)
+    return buf.getvalue()
+
+
+def encode_video(im: Image.Image, fmt: str, rng: random.Random,
+                 seconds: int = VIDEO_SECONDS, fps: int = 10) -> bytes:
+    """A short video (H.264 in MP4, VP9 in WebM) of ``im`` with a shape moving across it and
+    a cut to a new picture halfway (a scene change), at most 640 px wide."""
+    import av
+    import numpy as np
+    base = im.copy()
+    base.thumbnail((640, 640))
+    w, h = base.width // 2 * 2, base.height // 2 * 2
+    first = np.asarray(base.resize((w, h)).convert("RGB"))
+    second = np.asarray(synthetic_image(rng, w, h))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as out:
+        s = out.add_stream("libx264" if fmt == "mp4" else "libvpx-vp9", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        n = seconds * fps
+        for i in range(n):
+            frame = (first if i < n // 2 else second).copy()
+            x = (i * 7) % max(1, w - 16)
+            frame[: min(16, h), x:x + 16] = (255, 255, 255)
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
     return buf.getvalue()
 
 

@@ -51,11 +51,15 @@ def _zip() -> bytes:
     return b.getvalue()
 
 
-def _gif(n: int, red_at: int | None = None) -> bytes:
-    frames = [Image.new("RGB", (32, 32), RED if i == red_at else (i % 250, 90, 90))
-              for i in range(n)]
+def _gif(n: int, red_at: int | None = None, fmt: str = "GIF") -> bytes:
+    # Distinct frames (an encoder merges identical neighbours), never red but at ``red_at``.
+    frames = [Image.new("RGB", (32, 32), RED if i == red_at else
+                        ((i * 37) % 120, (i * 11) % 256, 90)) for i in range(n)]
     b = io.BytesIO()
-    frames[0].save(b, "GIF", save_all=True, append_images=frames[1:], duration=20, loop=0)
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(b, fmt, save_all=True, append_images=frames[1:], duration=20, loop=0,
+                   **extra)
+    assert Image.open(io.BytesIO(b.getvalue())).n_frames == n
     return b.getvalue()
 
 
@@ -118,6 +122,7 @@ def test_videos_and_animations_frame_by_frame(tmp_path):
     (store / "clean.mp4").write_bytes(make_video(tmp_path / "c.mp4", seconds=4))
     (store / "anim200.gif").write_bytes(_gif(200))
     (store / "anim200-red.gif").write_bytes(_gif(200, red_at=199))
+    (store / "anim200.webp").write_bytes(_gif(200, red_at=120, fmt="WEBP"))
     clf = RedFrames()
     rows = _scan_in_process(store, clf)
 
@@ -141,6 +146,11 @@ def test_videos_and_animations_frame_by_frame(tmp_path):
     assert len(sampled) == 32 and sampled[0] == 0 and sampled[-1] == 199   # spread over all
     assert rows["anim200-red.gif"]["status"] == "flagged"
     assert rows["anim200-red.gif"]["details"]["frame_label"] == "frame 199"
+    webp = rows["anim200.webp"]["details"]["frames_sampled"]
+    assert len(webp) == 32 and webp[0] == 0 and webp[-1] == 199
+    # Frame 120 is not one of the 32 spread samples: a single odd frame between samples of
+    # an animation is not guaranteed to be seen (unlike video, no scene detection here).
+    assert (120 in webp) == (rows["anim200.webp"]["status"] == "flagged")
     # Frames are model batch items: far fewer model calls than frames (batch of 8 by default).
     assert clf.frames_seen >= 32 * 2 + len(times)
 
@@ -276,3 +286,22 @@ def test_serve_classifies_a_video_upload_before_answering(tmp_path, tiny_model, 
     assert "container" in kinds
     vid = [r for r in rows.values() if r["status"] == "clean"]
     assert vid and json.loads(vid[0]["details"])["frame_times"] == [0.0, 1.0]
+
+
+def test_appended_data_is_quarantined_under_the_default_policy(tmp_path, tiny_model):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "flower.jpg").write_bytes(_jpeg() + _zip())
+    (store / "plain.jpg").write_bytes(_jpeg((1, 200, 1)))
+    (tmp_path / "pw").write_text("media test passphrase\n")
+    p = _run_cli(["init", "--passphrase-file", str(tmp_path / "pw")])
+    assert p.returncode == 0, p.stderr
+    p = _run_cli(scan_args(store, tiny_model, concepts_file(tmp_path, 2.0)))
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["flagged"] == 1 and s["quarantined"] == 1
+    assert not (store / "flower.jpg").exists() and (store / "plain.jpg").exists()
+    r = _objects()["flower.jpg"]
+    assert r["status"] == "quarantined" and r["method"] == "container"
+    p = _run_cli(["vault", "verify", "--json"])
+    assert p.returncode == 0, p.stderr
