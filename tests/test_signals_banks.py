@@ -231,7 +231,7 @@ def test_add_files_and_incident_errors(fsq, tmp_path):
     r = fsq(["hashes", "add", "--safe", str(img), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["by_type"] == {"sha256": 1, "pdq": 1}   # no md5 in safe
-    assert fsq(["hashes", "add", "--incident", "5"]).exit_code == 1      # no such incident
+    assert fsq(["hashes", "add", "--incident", "5"]).exit_code == 2      # no such incident
     assert fsq(["hashes", "add"]).exit_code == 2
     assert fsq(["hashes", "add", "--safe", "--bank", "confirmed", str(img)]).exit_code == 2
     conn = connect("fsq.db")
