@@ -305,3 +305,40 @@ def test_appended_data_is_quarantined_under_the_default_policy(tmp_path, tiny_mo
     assert r["status"] == "quarantined" and r["method"] == "container"
     p = _run_cli(["vault", "verify", "--json"])
     assert p.returncode == 0, p.stderr
+
+
+_HUGE_VIDEO = """
+import sys, av
+with av.open(sys.argv[1], "w", format="mp4") as out:
+    s = out.add_stream("libx264", rate=1, options={"preset": "ultrafast"})
+    s.width = s.height = 15360
+    s.pix_fmt = "yuv420p"
+    f = av.VideoFrame(15360, 15360, "yuv420p")
+    for p in f.planes:
+        p.update(bytes(p.buffer_size))
+    for p in s.encode(f):
+        out.mux(p)
+    for p in s.encode():
+        out.mux(p)
+"""
+
+
+def test_huge_frame_video_is_unreadable_and_memory_stays_bounded(tmp_path, tiny_model):
+    """A 15360x15360 H.264 video (236 MP per frame, ~0.7 MB on disk) beside a normal one:
+    refused from its header by FSQ_MAX_PIXELS, the scan goes on, peak RSS stays bounded."""
+    from tests.test_hostile_decode import _scan_proc
+    store = tmp_path / "store"
+    store.mkdir()
+    # Made in a child process: the encoder needs ~1.4 GB, which pytest need not keep.
+    subprocess.run([sys.executable, "-c", _HUGE_VIDEO, str(store / "huge.mp4")], check=True,
+                   timeout=120)
+    (store / "small.webm").write_bytes(make_video(tmp_path / "s.webm", fmt="webm",
+                                                  codec="libvpx-vp9", seconds=2))
+    rc, s, err, peak_mb, took = _scan_proc(store, tiny_model, concepts_file(tmp_path, 2.0), {})
+    assert rc == 0, err
+    assert s["unreadable"] == 1 and s["clean"] == 1
+    r = _objects()["huge.mp4"]
+    assert r["status"] == "unreadable"
+    assert "limit: 15360x15360 frames (h264) exceed FSQ_MAX_PIXELS" in r["reason"]
+    assert peak_mb < 1536, peak_mb
+    print(f"peak RSS of the scan with a 15360x15360 video: {peak_mb:.0f} MB, {took:.1f} s")
