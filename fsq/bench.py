@@ -568,6 +568,12 @@ def report(result: dict[str, Any]) -> str:
                       f"{r['rescan']['objects_per_s']:.0f} objects/s "
                       f"({r['rescan']['seconds']:.2f} s; first pass "
                       f"{r['first']['objects_per_s']:.0f} objects/s with the tiny model)"]
+    if result.get("rescore"):
+        r = result["rescore"]
+        lines += ["", f"rescore of {r['objects']} stored embeddings (--severity "
+                      f"{r['severity']}): {r['objects_per_s']:.0f} objects/s ({r['seconds']:.2f}"
+                      f" s, {r['newly_flagged']} newly flagged, {r['images_decoded']} images "
+                      "decoded; target >= 20000 objects/s)"]
     t = targets(result["models"], result.get("rescan"))
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
@@ -592,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the first N images for the old approach [all]")
     p.add_argument("--rescan-objects", type=int,
                    help="objects in the rescan store, 0 = skip [10000; quick 1000]")
+    p.add_argument("--rescore-objects", type=int, default=0,
+                   help="`fsq rescore` over N synthetic stored embeddings (fsq.bench_rescore), "
+                        "0 = skip [0]")
     p.add_argument("--batch-size", type=int, default=8, help="model batch size [8]")
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
@@ -658,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
                  "batch_size": args.batch_size, "workers": args.workers,
                  "threads": args.threads, "store": str(small), "db": str(db),
                  "workdir": str(work)}, in_process=args.in_process, log=work / "bench.log")
+        if args.rescore_objects:
+            from fsq import bench_rescore
+            print(f"rescore: {args.rescore_objects} stored embeddings ...", file=sys.stderr,
+                  flush=True)
+            result["rescore"] = bench_rescore.run(work, args.rescore_objects)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -47,6 +47,7 @@ from PIL import Image
 from fsq.classify.concepts import ConceptSet
 from fsq.classify.precision import detect_precision, resolve_device, resolve_precision
 from fsq.classify.rule import SEVERITY_SHIFT, Decision, decide
+from fsq.classify.similarity import similarities_of
 from fsq.errors import ConfigError, ExternalError
 
 try:  # the [clip] extra; everything else in fsq.classify works without it
@@ -163,7 +164,11 @@ class ClipClassifier:
 
     def __init__(self, model: str, pretrained: str, concepts: ConceptSet,
                  severity: str = "balanced", precision: str = "auto", device: str = "auto",
-                 cache_dir: str | None = None, threads: int = 0) -> None:
+                 cache_dir: str | None = None, threads: int = 0,
+                 text_only: bool = False) -> None:
+        """``text_only``: compute (or read from the cache) the concept text embeddings and
+        release the whole model, image tower included (``fsq rescore`` needs no image
+        tower; ``embed_images`` then fails)."""
         open_clip = _import_open_clip()
         if severity not in SEVERITY_SHIFT:
             raise ConfigError(f"severity {severity!r}: expected one of "
@@ -228,12 +233,17 @@ class ClipClassifier:
         self.text_cache_path: Path | None = None
         self.text_embeddings = self._text_embeddings(open_clip)
 
-        # Converted weights, not torch.autocast: autocast on CPU measured far slower.
-        if self._dtype != torch.float32:
-            self.model.to(dtype=self._dtype)
-        self.model.to(self.device)
-        # The text tower is never used again: free it (ViT-L-14: 123 M parameters, ~0.5 GB).
-        _drop_text_tower(self.model)
+        if text_only:
+            self.model = None
+            _malloc_trim()
+        else:
+            # Converted weights, not torch.autocast: autocast on CPU measured far slower.
+            if self._dtype != torch.float32:
+                self.model.to(dtype=self._dtype)
+            self.model.to(self.device)
+            # The text tower is never used again: free it (ViT-L-14: 123 M parameters,
+            # ~0.5 GB).
+            _drop_text_tower(self.model)
 
         if self.model_id != concepts.calibrated_for:
             hint = (f" If this checkpoint holds the {concepts.calibrated_for} weights, set "
@@ -290,9 +300,12 @@ class ClipClassifier:
 
     def similarities(self, batch: "torch.Tensor") -> np.ndarray:
         """n x n_concepts cosine similarities, columns in concept-set order."""
-        sims = self.embed_images(batch) @ self.text_embeddings.T
-        # Unit vectors, but float rounding can give 1.0000001.
-        return np.clip(sims, -1.0, 1.0).astype(np.float32, copy=False)
+        return self.similarities_of(self.embed_images(batch))
+
+    def similarities_of(self, embeddings: np.ndarray) -> np.ndarray:
+        """Image embeddings (n x d, unit) -> n x n_concepts similarities; the one place the
+        scan and `fsq rescore` (fsq.rescore, stored embeddings) compute them."""
+        return similarities_of(embeddings, self.text_embeddings)
 
     def classify_items(self, items: Sequence[Sequence["torch.Tensor"]],
                        batch_size: int | None = None) -> list[tuple[Decision, int]]:
@@ -314,8 +327,9 @@ class ClipClassifier:
         if not flat:
             return []
         step = batch_size if batch_size and batch_size > 0 else len(flat)
-        sims = np.concatenate([self.similarities(torch.stack(flat[k:k + step]))
+        embs = np.concatenate([self.embed_images(torch.stack(flat[k:k + step]))
                                for k in range(0, len(flat), step)])
+        sims = self.similarities_of(embs)
         texts = self.concepts.texts
         best: list[tuple[Decision, int] | None] = [None] * len(items)
         frames_of: list[list[dict]] = [[] for _ in items]
@@ -327,9 +341,14 @@ class ClipClassifier:
             cur = best[i]
             if cur is None or d.rank_key() > cur[0].rank_key():
                 best[i] = (d, j)
-        for b, per in zip(best, frames_of):
+        rows_of: list[list[int]] = [[] for _ in items]
+        for k, (i, _j) in enumerate(owner):
+            rows_of[i].append(k)
+        for b, per, rows in zip(best, frames_of, rows_of):
             if b is not None and len(per) > 1:
                 b[0].per_frame = per
+            if b is not None:
+                b[0].embeddings = embs[rows]
         return [b for b in best if b is not None]
 
     def __repr__(self) -> str:
