@@ -195,6 +195,7 @@ def _settings(spec: dict[str, Any]):
     from fsq.config import load_settings
     overrides = {"model": spec["model"], "pretrained": spec["pretrained"],
                  "precision": spec.get("precision", "auto"), "device": "cpu",
+                 "backend": spec.get("backend", "auto"),
                  "batch_size": spec["batch_size"], "workers": spec["workers"],
                  "threads": spec.get("threads", 0), "db": spec.get("db", "fsq.db"),
                  "source": spec.get("source"), "log_level": "error"}
@@ -374,7 +375,8 @@ def run_rescan(spec: dict[str, Any]) -> dict[str, Any]:
 def _describe(clf: Any) -> dict[str, Any]:
     d = clf.describe()
     return {"precision": d["precision"], "precision_reason": d["precision_reason"],
-            "threads": d["threads"], "model_id": d["model_id"]}
+            "threads": d["threads"], "model_id": d["model_id"],
+            "backend": d.get("backend"), "backend_reason": d.get("backend_reason")}
 
 
 _RUNNERS = {"e2e": run_e2e, "model": run_model_only, "old": run_old, "rescan": run_rescan}
@@ -428,6 +430,7 @@ def bench_model(name: str, keys: list[str], store: Path, work: Path, cache: Path
     model, pretrained = model_files(name, cache)
     base = {"model": model, "pretrained": pretrained, "batch_size": args.batch_size,
             "workers": args.workers, "threads": args.threads, "precision": args.precision,
+            "backend": args.backend,
             "store": str(store), "keys": keys, "workdir": str(work)}
     best: dict[str, dict[str, Any]] = {}
     log = work / "bench.log"
@@ -435,7 +438,7 @@ def bench_model(name: str, keys: list[str], store: Path, work: Path, cache: Path
         for mode in args.modes:
             spec = dict(base, mode=mode)
             if mode == "int8":
-                spec.update(mode="model", int8=True, precision="fp32")
+                spec.update(mode="model", int8=True, precision="fp32", backend="torch")
             if mode == "e2e":
                 db = work / f"e2e-{name.replace('/', '_')}-{r}.db"
                 for suffix in ("", "-wal", "-shm"):
@@ -462,7 +465,8 @@ def bench_model(name: str, keys: list[str], store: Path, work: Path, cache: Path
                            "batch_size": args.batch_size, "workers": args.workers,
                            "precision": info.get("precision"),
                            "precision_reason": info.get("precision_reason"),
-                           "threads": info.get("threads"), "results": best}
+                           "threads": info.get("threads"), "backend": info.get("backend"),
+                           "backend_reason": info.get("backend_reason"), "results": best}
     if "model" in best and "e2e" in best:
         best["e2e"]["frames_per_s"] = best["model"]["frames"] / best["e2e"]["seconds"] \
             * best["e2e"]["images"] / best["model"]["images"]
@@ -549,6 +553,8 @@ def report(result: dict[str, Any]) -> str:
     for m in result["models"]:
         chosen = (f"precision {m['precision']} ({m['precision_reason']}); torch threads "
                   f"{m['threads']}" if m["precision"] else "fsq's precision not measured")
+        if m.get("backend"):
+            chosen += f"; image tower {m['backend']} ({m.get('backend_reason')})"
         lines += ["", f"{m['model']}: {chosen}", format_table(m)]
         e = m["results"].get("e2e")
         if e and "rss_start_mb" in e:
@@ -605,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
     p.add_argument("--precision", default="auto", help="fsq --precision [auto]")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="fsq --backend for the image tower [auto]")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help="which of e2e,model,old,int8 to run; int8 = model only with int8 "
                         "dynamic quantisation, for information [e2e,model,old]")

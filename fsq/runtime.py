@@ -46,7 +46,7 @@ def build_classifier(settings: Settings, concepts=None):
         model=settings.model, pretrained=settings.pretrained,
         concepts=concepts if concepts is not None else load_concept_set(settings),
         severity=settings.severity, precision=settings.precision, device=settings.device,
-        cache_dir=settings.cache_dir, threads=settings.threads)
+        cache_dir=settings.cache_dir, threads=settings.threads, backend=settings.backend)
 
 
 def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,

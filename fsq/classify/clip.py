@@ -165,10 +165,11 @@ class ClipClassifier:
     def __init__(self, model: str, pretrained: str, concepts: ConceptSet,
                  severity: str = "balanced", precision: str = "auto", device: str = "auto",
                  cache_dir: str | None = None, threads: int = 0,
-                 text_only: bool = False) -> None:
+                 text_only: bool = False, backend: str = "torch") -> None:
         """``text_only``: compute (or read from the cache) the concept text embeddings and
         release the whole model, image tower included (``fsq rescore`` needs no image
-        tower; ``embed_images`` then fails)."""
+        tower; ``embed_images`` then fails). ``backend``: torch | onnx | auto for the image
+        tower (fsq.classify.onnx_backend; the text tower is always torch)."""
         open_clip = _import_open_clip()
         if severity not in SEVERITY_SHIFT:
             raise ConfigError(f"severity {severity!r}: expected one of "
@@ -183,6 +184,16 @@ class ClipClassifier:
 
         self.device = resolve_device(device)
         self.precision, self.precision_reason = resolve_precision(precision, self.device)
+        from fsq.classify import onnx_backend
+        if backend == "onnx" and precision not in ("auto", "fp32"):
+            raise ConfigError(f"backend onnx runs fp32 only, not {precision}: use "
+                              "--precision fp32 (or auto) or --backend torch")
+        want, self.backend_reason = onnx_backend.resolve(
+            backend, self.device, "fp32" if backend == "onnx" else self.precision)
+        if want == "onnx" and self.precision != "fp32":
+            self.precision, self.precision_reason = "fp32", "backend onnx runs fp32"
+        self.backend = "torch"
+        self._ort: Any = None
         self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
                        "fp16": torch.float16}[self.precision]
         if (self.precision == "bf16" and not self.device.startswith("cuda")
@@ -233,7 +244,24 @@ class ClipClassifier:
         self.text_cache_path: Path | None = None
         self.text_embeddings = self._text_embeddings(open_clip)
 
-        if text_only:
+        if want == "onnx" and not text_only:
+            try:
+                self._ort = onnx_backend.load_or_export(
+                    self.model.visual, key_doc={"arch": arch_name, "model_id": self.model_id,
+                                                "checkpoint_sha256": self._checkpoint_sha256(
+                                                    self.checkpoint),
+                                                "image_size": list(self.image_size)},
+                    cache_dir=self.cache_dir, image_size=self.image_size, mean=self._mean,
+                    std=self._std, threads=self.threads, atomic_write=_atomic_write)
+                self.backend = "onnx"
+                self.backend_reason += f" (export check cosine >= {self._ort.min_cosine:.7f})"
+            except onnx_backend.BackendUnavailable as e:
+                if backend == "onnx":
+                    raise ConfigError(f"backend onnx: {e}") from None
+                self.backend_reason = f"auto: torch, ONNX Runtime not used ({e})"
+                log.info("%s", self.backend_reason)
+        if text_only or self._ort is not None:
+            # No torch image tower needed (rescore: none at all; onnx: ORT runs it).
             self.model = None
             _malloc_trim()
         else:
@@ -260,6 +288,7 @@ class ClipClassifier:
         """Settings actually in use, for log lines and ``--json`` output."""
         return {"model_id": self.model_id, "device": self.device, "precision": self.precision,
                 "precision_reason": self.precision_reason, "threads": self.threads,
+                "backend": self.backend, "backend_reason": self.backend_reason,
                 "image_size": list(self.image_size), "concepts": self.concepts.name,
                 "concepts_digest": self.concepts.digest, "severity": self.severity}
 
@@ -290,6 +319,10 @@ class ClipClassifier:
             batch = batch.unsqueeze(0)
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch shaped n x 3 x S x S, got {tuple(batch.shape)}")
+        if self._ort is not None:
+            e = self._ort.embed(batch.numpy() if hasattr(batch, "numpy") else batch)
+            norm = np.linalg.norm(e, axis=1, keepdims=True)
+            return (e / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
         with torch.inference_mode():
             x = batch.to(self.device, dtype=self._dtype)
             # Normalise in fp32 whatever the model precision: cheap, and it keeps bf16/fp16
