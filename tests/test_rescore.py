@@ -204,6 +204,17 @@ def test_rescore_without_stored_embeddings_says_so(store, tiny_model, tmp_path, 
     assert json.loads(r.stdout)["candidates"] == 0
 
 
+def test_rescore_text_output(store, tiny_model, tmp_path, fsq):
+    root, files = store
+    _scan(fsq, root, tiny_model, concepts_file(tmp_path, 2.0), "--dry-run")
+    cfg, ckpt = tiny_model
+    r = fsq(["rescore", "--source", f"file://{root}", "--model", str(cfg), "--pretrained",
+             str(ckpt), "--severity", "strict", "--dry-run"])
+    assert r.exit_code == 0, r.stderr
+    assert f"rescored {len(files)} object(s)" in r.stdout and "(dry run)" in r.stdout
+    assert f"{len(files)} unchanged object(s) keep their earlier verdict" in r.stdout
+
+
 @pytest.mark.parametrize("severity", ["strict", "balanced", "lenient"])
 def test_screen_never_dismisses_a_frame_the_rule_flags(severity):
     """The vectorised screen may only settle frames that cannot flag (shipped concept set,

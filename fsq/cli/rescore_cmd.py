@@ -89,6 +89,9 @@ def rescore(source, model, pretrained, concepts, severity, dry_run, vault, vault
             click.echo(f"  flagged      {show_key(k)}")
         for p in out["problems"][:50]:
             click.echo(f"  {p['status']:<12} {show_key(p['key'])}: {p['reason']}")
+        if res.unchanged:
+            click.echo(f"{res.unchanged} unchanged object(s) keep their earlier verdict; "
+                       "`fsq scan` still counts them as decided under other settings")
     if out["quarantine_failed"]:
         raise Exit(3)
 
