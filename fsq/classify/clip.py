@@ -165,11 +165,14 @@ class ClipClassifier:
     def __init__(self, model: str, pretrained: str, concepts: ConceptSet,
                  severity: str = "balanced", precision: str = "auto", device: str = "auto",
                  cache_dir: str | None = None, threads: int = 0,
-                 text_only: bool = False, backend: str = "torch") -> None:
+                 text_only: bool = False, backend: str = "torch",
+                 int8_approved: Any = None) -> None:
         """``text_only``: compute (or read from the cache) the concept text embeddings and
         release the whole model, image tower included (``fsq rescore`` needs no image
         tower; ``embed_images`` then fails). ``backend``: torch | onnx | auto for the image
-        tower (fsq.classify.onnx_backend; the text tower is always torch)."""
+        tower (fsq.classify.onnx_backend; the text tower is always torch).
+        ``precision="int8"`` (ONNX Runtime int8) runs only if ``int8_approved(checkpoint
+        sha256)`` is true: a passing `fsq model check` for this checkpoint."""
         open_clip = _import_open_clip()
         if severity not in SEVERITY_SHIFT:
             raise ConfigError(f"severity {severity!r}: expected one of "
@@ -183,6 +186,12 @@ class ClipClassifier:
         self.threads = torch.get_num_threads()
 
         self.device = resolve_device(device)
+        int8 = (precision or "").strip().lower() == "int8"
+        if int8:
+            if self.device.startswith("cuda") or backend == "torch":
+                raise ConfigError("precision int8 runs on ONNX Runtime on the CPU only: use "
+                                  "--device cpu and --backend auto or onnx")
+            precision, backend = "fp32", "onnx"
         self.precision, self.precision_reason = resolve_precision(precision, self.device)
         from fsq.classify import onnx_backend
         if backend == "onnx" and precision not in ("auto", "fp32"):
@@ -244,15 +253,26 @@ class ClipClassifier:
         self.text_cache_path: Path | None = None
         self.text_embeddings = self._text_embeddings(open_clip)
 
-        if want == "onnx" and not text_only:
+        # Hashed (once, cached by path/size/mtime) only where it keys an ONNX graph.
+        self.checkpoint_sha256 = (self._checkpoint_sha256(self.checkpoint)
+                                  if (int8 or want == "onnx") and not text_only else None)
+        if int8 and not text_only:
+            if int8_approved is None or not int8_approved(self.checkpoint_sha256):
+                raise ConfigError(f"precision int8 is not approved for this checkpoint "
+                                  f"({self.model_id}): run `fsq model check` first, which "
+                                  "compares int8 with fp32 on your own files")
+            try:
+                self._ort = self.int8_tower()
+            except onnx_backend.BackendUnavailable as e:
+                raise ConfigError(f"precision int8: {e}") from None
+            self.backend, self.backend_reason = "onnx", "int8 approved by `fsq model check`"
+            self.precision, self.precision_reason = "int8", "int8 requested (approved)"
+        elif want == "onnx" and not text_only:
             try:
                 self._ort = onnx_backend.load_or_export(
-                    self.model.visual, key_doc={"arch": arch_name, "model_id": self.model_id,
-                                                "checkpoint_sha256": self._checkpoint_sha256(
-                                                    self.checkpoint),
-                                                "image_size": list(self.image_size)},
-                    cache_dir=self.cache_dir, image_size=self.image_size, mean=self._mean,
-                    std=self._std, threads=self.threads, atomic_write=_atomic_write)
+                    self.model.visual, key_doc=self._ort_key(), cache_dir=self.cache_dir,
+                    image_size=self.image_size, mean=self._mean, std=self._std,
+                    threads=self.threads, atomic_write=_atomic_write)
                 self.backend = "onnx"
                 self.backend_reason += f" (export check cosine >= {self._ort.min_cosine:.7f})"
             except onnx_backend.BackendUnavailable as e:
@@ -283,6 +303,24 @@ class ClipClassifier:
                        f"thresholds are model-specific, so verdicts may be wrong.{hint}")
 
     # -- public -------------------------------------------------------------------------------
+
+    def _ort_key(self) -> dict[str, Any]:
+        if self.checkpoint_sha256 is None:
+            self.checkpoint_sha256 = self._checkpoint_sha256(self.checkpoint)
+        return {"arch": self._arch_name, "model_id": self.model_id,
+                "checkpoint_sha256": self.checkpoint_sha256, "image_size": list(self.image_size)}
+
+    def int8_tower(self) -> Any:
+        """The ONNX Runtime int8 image tower of this checkpoint (for `fsq model check` and
+        approved ``--precision int8``); needs the fp32 torch tower, i.e. call it on a
+        classifier built with backend torch and precision fp32 (or during __init__)."""
+        from fsq.classify import onnx_backend
+        if self.model is None or self._dtype != torch.float32:
+            raise ConfigError("the int8 tower is built from the fp32 torch tower")
+        return onnx_backend.load_int8(
+            self.model.visual, key_doc=self._ort_key(), cache_dir=self.cache_dir,
+            image_size=self.image_size, mean=self._mean, std=self._std, threads=self.threads,
+            atomic_write=_atomic_write)
 
     def describe(self) -> dict[str, Any]:
         """Settings actually in use, for log lines and ``--json`` output."""

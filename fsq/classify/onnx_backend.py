@@ -194,3 +194,35 @@ def resolve(requested: str, device: str, precision: str) -> tuple[str, str]:
     if device.startswith("cuda") or precision != "fp32":
         return "torch", f"auto: torch {precision} on {device}"
     return "onnx", "auto: fp32 on a CPU, ONNX Runtime if available"
+
+
+def load_int8(visual: Any, *, key_doc: dict[str, Any], cache_dir: Path,
+              image_size: tuple[int, int], mean: np.ndarray, std: np.ndarray, threads: int,
+              atomic_write: Any) -> OrtImageTower:
+    """The int8 tower: ORT dynamic quantisation (per-channel int8 weights, every MatMul/Gemm)
+    of the checked fp32 export. Never chosen by ``auto``; only ``--precision int8`` after a
+    passing `fsq model check` (fsq.classify.int8_check) uses it."""
+    fp32 = load_or_export(visual, key_doc=key_doc, cache_dir=cache_dir, image_size=image_size,
+                          mean=mean, std=std, threads=threads, atomic_write=atomic_write)
+    ort = import_ort()
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:  # pragma: no cover - part of the onnxruntime wheel
+        raise BackendUnavailable(f"onnxruntime.quantization is unavailable ({e})") from None
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="fsq-int8-") as td:
+        out = Path(td) / "int8.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its "consider pre-processing" advice, at every start
+        try:
+            quantize_dynamic(str(fp32.graph), str(out), per_channel=True,
+                             weight_type=QuantType.QInt8)
+        except Exception as e:
+            text = " ".join(str(e).split())[:200] or type(e).__name__
+            raise BackendUnavailable(f"cannot quantise the ONNX graph to int8 ({text})") \
+                from None
+        finally:
+            root.setLevel(level)
+        blob = out.read_bytes()
+    return OrtImageTower(_session(ort, blob, threads), fp32.graph, float("nan"))

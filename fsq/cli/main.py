@@ -139,6 +139,7 @@ COMMAND_MODULES = [
     "fsq.cli.import_cmd",
     "fsq.cli.hashes_cmd",
     "fsq.cli.rescore_cmd",
+    "fsq.cli.model_cmd",
 ]
 
 

@@ -28,8 +28,10 @@ def classifier_options(f):
                      help="Concept-set TOML [FSQ_CONCEPTS; default: shipped set]."),
         click.option("--severity", type=click.Choice(["strict", "balanced", "lenient"]),
                      help="Threshold shift [FSQ_SEVERITY, balanced]."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-                     help="Inference precision [FSQ_PRECISION, auto]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16",
+                                                        "int8"]),
+                     help="Inference precision [FSQ_PRECISION, auto]; int8 only after "
+                          "`fsq model check`."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
                      help="Inference device [FSQ_DEVICE, auto]."),
         click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]),
