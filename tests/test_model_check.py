@@ -125,3 +125,32 @@ def test_check_without_files_refuses(tmp_path, tiny_model, fsq):
     assert fsq(["scan", "--all", "--dry-run"], env=env).exit_code == 0
     r = fsq(["model", "check", "--json"], env=env)
     assert r.exit_code == 1 and "no file could be compared" in json.loads(r.stdout)["reason"]
+
+
+def test_check_compares_flagged_files_sealed_in_the_vault(tmp_path, tiny_model, fsq):
+    store = tmp_path / "store"
+    for i in range(3):
+        (store / f"0{i}").mkdir(parents=True)
+        (store / f"0{i}" / f"f{i}.jpeg").write_bytes(jpeg_bytes(44 + i, 32, seed=20 + i))
+    pw = tmp_path / "pass.txt"
+    pw.write_text("correct horse battery staple\n")
+    assert fsq(["init", "--passphrase-file", str(pw)]).exit_code == 0
+    cfg, ckpt = tiny_model
+    env = {"FSQ_SOURCE": f"file://{store}", "FSQ_MODEL": str(cfg),
+           "FSQ_PRETRAINED": str(ckpt), "FSQ_CONCEPTS": str(concepts_file(tmp_path, -1.0))}
+    r = fsq(["scan", "--all"], env=env)  # everything flags and is sealed
+    assert r.exit_code == 0, r.stderr
+    assert not any(store.rglob("*.jpeg"))
+    r = fsq(["model", "check", "--max-delta", "0.05", "--json"], env=env)
+    assert r.exit_code == 1 and json.loads(r.stdout)["files"] == 0  # nothing readable
+    r = fsq(["model", "check", "--max-delta", "0.05", "--include-vault", "--passphrase-file",
+             str(pw), "--json"], env=env)
+    assert r.exit_code == 0, r.stderr + r.stdout
+    out = json.loads(r.stdout)
+    assert out["passed"] and out["files"] == 3 and out["flagged_fp32"] == 3
+    c = connect("fsq.db")
+    ev = c.execute("SELECT details FROM audit WHERE action='evidence.decrypted' "
+                   "ORDER BY seq DESC").fetchone()
+    c.close()
+    assert "model check" in json.loads(ev["details"])["purpose"]
+    assert not list(tmp_path.rglob("*.jpeg"))  # no plaintext written anywhere

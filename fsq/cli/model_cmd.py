@@ -7,7 +7,8 @@ import hashlib
 
 import click
 
-from fsq.cli.common import Exit, db_option, echo_json, json_option, load, open_db, show_key, warn
+from fsq.cli.common import (Exit, VaultCache, db_option, echo_json, json_option, load, open_db,
+                            passphrase_file_option, private_key, show_key, warn)
 from fsq.errors import ConfigError
 from fsq.runtime import build_classifier, load_concept_set, scan_config
 from fsq.sources.base import ObjectError, open_source
@@ -37,9 +38,17 @@ def model() -> None:
                    "compared too).")
 @click.option("--max-delta", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Largest similarity difference allowed [0.005].")
+@click.option("--include-vault", is_flag=True,
+              help="Also compare every flagged file sealed in the vault (decrypted in memory "
+                   "only; needs the private key and passphrase; audited).")
+@click.option("--vault-private-key", type=click.Path(dir_okay=False),
+              help="With --include-vault: private key file [FSQ_VAULT_PRIVATE_KEY, "
+                   "./keys/vault.key].")
+@passphrase_file_option
 @db_option
 @json_option
-def check(source, model_name, pretrained, concepts, severity, sample, max_delta, db, as_json):
+def check(source, model_name, pretrained, concepts, severity, sample, max_delta, include_vault,
+          vault_private_key, passphrase_file, db, as_json):
     """Compare int8 (ONNX Runtime, dynamic, per-channel) with fp32 (torch) on your own files:
     a sample of clean objects plus every flagged object still in the store. int8 is approved
     for this checkpoint only with zero verdict flips and every similarity difference under
@@ -55,7 +64,7 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
     from fsq.classify.onnx_backend import BackendUnavailable, import_ort
     from fsq.pipeline import decode_or_verdict
     settings = load(source=source, model=model_name, pretrained=pretrained, concepts=concepts,
-                    severity=severity, db=db)
+                    severity=severity, db=db, vault_private_key=vault_private_key)
     conn = open_db(settings, create=False)
     cs = load_concept_set(settings)
     cfg = scan_config(settings, dry_run=True, rescan=False, mode="all", concepts=cs)
@@ -71,7 +80,7 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
         tower = clf.int8_tower()
     except BackendUnavailable as e:
         raise ConfigError(f"int8: {e}") from None
-    items, skipped = [], 0
+    items, skipped, seen = [], 0, []
     with open_source(settings.source, settings) as src:
         rows = conn.execute(
             "SELECT key, sha256, status FROM objects WHERE source=? AND sha256 IS NOT NULL "
@@ -96,11 +105,17 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
                 continue
             import torch
             items.append((r["key"], torch.stack([clf.preprocess(f) for f in decoded.frames])))
+            seen.append((r["key"], r["sha256"]))
+    vault_files = 0
+    if include_vault:
+        vault_files, bad = _vault_items(conn, settings, passphrase_file, clf, cfg, items,
+                                        {sha for _, sha in seen})
+        skipped += bad
     res = int8_check.compare(clf, tower, items,
                              max_delta=max_delta or int8_check.DEFAULT_MAX_DELTA)
     int8_check.record(conn, res, f"onnxruntime {ort_version}",
                       {"clean_requested": sample, "compared": res.files, "skipped": skipped,
-                       "vault": "not read (sealed flagged files are not compared)"})
+                       "vault_files": vault_files if include_vault else "not read"})
     out = {**res.to_json(), "skipped": skipped}
     if as_json:
         echo_json(out)
@@ -117,6 +132,48 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
         if not as_json:
             warn("`--precision int8` stays refused for this checkpoint")
         raise Exit(1)
+
+
+def _vault_items(conn, settings, passphrase_file, clf, cfg, items, seen) -> tuple[int, int]:
+    """Append every sealed flagged file (one per sha256) to ``items``; (added, unreadable).
+    Plaintext stays in memory; the decryption is audited before it happens."""
+    import torch
+
+    from fsq.ledger import audit
+    from fsq.pipeline import decode_or_verdict
+    from fsq.quarantine.release import decrypt_entry
+    rows = conn.execute("SELECT * FROM vault_entries WHERE state IN "
+                        "('done','verified','source_removed') ORDER BY id").fetchall()
+    rows = [r for r in rows if r["sha256"] not in seen]
+    if not rows:
+        return 0, 0
+    key = private_key(settings, passphrase_file)
+    audit.append(conn, "evidence.decrypted", "vault",
+                 {"entries": len(rows), "purpose": "model check (int8 against fp32)"})
+    cache = VaultCache(settings)
+    added = bad = 0
+    done: set[str] = set()
+    try:
+        for e in rows:
+            if e["sha256"] in done:
+                continue
+            try:
+                _, content = decrypt_entry(cache.vault(e["vault"]), e, key)
+            except Exception as exc:  # a missing or damaged entry: not compared, counted
+                warn(f"vault entry {e['id']}: not compared ({exc})")
+                bad += 1
+                continue
+            decoded, _ = decode_or_verdict(content, cfg)
+            del content
+            if decoded is None:
+                bad += 1
+                continue
+            done.add(e["sha256"])
+            items.append((e["key"], torch.stack([clf.preprocess(f) for f in decoded.frames])))
+            added += 1
+    finally:
+        cache.close()
+    return added, bad
 
 
 COMMANDS = [model]
