@@ -62,7 +62,7 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
     """
     from fsq.classify import int8_check
     from fsq.classify.onnx_backend import BackendUnavailable, import_ort
-    from fsq.pipeline import decode_or_verdict
+    from fsq.media import DecodePool  # hostile files: decoded in killable worker processes
     settings = load(source=source, model=model_name, pretrained=pretrained, concepts=concepts,
                     severity=severity, db=db, vault_private_key=vault_private_key)
     conn = open_db(settings, create=False)
@@ -80,37 +80,14 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
         tower = clf.int8_tower()
     except BackendUnavailable as e:
         raise ConfigError(f"int8: {e}") from None
-    items, skipped, seen = [], 0, []
-    with open_source(settings.source, settings) as src:
-        rows = conn.execute(
-            "SELECT key, sha256, status FROM objects WHERE source=? AND sha256 IS NOT NULL "
-            "AND status IN ('clean', 'flagged') ORDER BY status='clean', id", (src.url,))
-        clean = 0
-        for r in rows.fetchall():
-            if r["status"] == "clean":
-                if clean >= sample:
-                    continue
-                clean += 1
-            try:
-                data = src.read(r["key"])
-            except ObjectError:
-                skipped += 1
-                continue
-            if hashlib.sha256(data).hexdigest() != r["sha256"]:
-                skipped += 1  # changed since it was decided: not the file the verdict is for
-                continue
-            decoded, _ = decode_or_verdict(data, cfg)
-            if decoded is None:
-                skipped += 1
-                continue
-            import torch
-            items.append((r["key"], torch.stack([clf.preprocess(f) for f in decoded.frames])))
-            seen.append((r["key"], r["sha256"]))
-    vault_files = 0
-    if include_vault:
-        vault_files, bad = _vault_items(conn, settings, passphrase_file, clf, cfg, items,
-                                        {sha for _, sha in seen})
-        skipped += bad
+    items: list = []
+    seen: list = []
+    decoder = DecodePool(settings.decode_workers, settings.decode_seconds)
+    try:
+        skipped, vault_files = _collect(conn, settings, clf, cfg, decoder, sample, items,
+                                        seen, include_vault, passphrase_file)
+    finally:
+        decoder.close()
     res = int8_check.compare(clf, tower, items,
                              max_delta=max_delta or int8_check.DEFAULT_MAX_DELTA)
     int8_check.record(conn, res, f"onnxruntime {ort_version}",
@@ -134,7 +111,47 @@ def check(source, model_name, pretrained, concepts, severity, sample, max_delta,
         raise Exit(1)
 
 
-def _vault_items(conn, settings, passphrase_file, clf, cfg, items, seen) -> tuple[int, int]:
+def _collect(conn, settings, clf, cfg, decoder, sample, items, seen, include_vault,
+             passphrase_file) -> tuple[int, int]:
+    """Fill ``items`` with the files to compare; (skipped, files from the vault)."""
+    import torch
+
+    from fsq.pipeline import decode_or_verdict
+    skipped = 0
+    with open_source(settings.source, settings) as src:
+        rows = conn.execute(
+            "SELECT key, sha256, status FROM objects WHERE source=? AND sha256 IS NOT NULL "
+            "AND status IN ('clean', 'flagged') ORDER BY status='clean', id", (src.url,))
+        clean = 0
+        for r in rows.fetchall():
+            if r["status"] == "clean":
+                if clean >= sample:
+                    continue
+                clean += 1
+            try:
+                data = src.read(r["key"])
+            except ObjectError:
+                skipped += 1
+                continue
+            if hashlib.sha256(data).hexdigest() != r["sha256"]:
+                skipped += 1  # changed since it was decided: not the file the verdict is for
+                continue
+            decoded, _ = decode_or_verdict(data, cfg, decoder)
+            if decoded is None:
+                skipped += 1
+                continue
+            items.append((r["key"], torch.stack([clf.preprocess(f) for f in decoded.frames])))
+            seen.append((r["key"], r["sha256"]))
+    vault_files = 0
+    if include_vault:
+        vault_files, bad = _vault_items(conn, settings, passphrase_file, clf, cfg, items,
+                                        {sha for _, sha in seen}, decoder)
+        skipped += bad
+    return skipped, vault_files
+
+
+def _vault_items(conn, settings, passphrase_file, clf, cfg, items, seen, decoder
+                 ) -> tuple[int, int]:
     """Append every sealed flagged file (one per sha256) to ``items``; (added, unreadable).
     Plaintext stays in memory; the decryption is audited before it happens."""
     import torch
@@ -163,7 +180,7 @@ def _vault_items(conn, settings, passphrase_file, clf, cfg, items, seen) -> tupl
                 warn(f"vault entry {e['id']}: not compared ({exc})")
                 bad += 1
                 continue
-            decoded, _ = decode_or_verdict(content, cfg)
+            decoded, _ = decode_or_verdict(content, cfg, decoder)
             del content
             if decoded is None:
                 bad += 1
