@@ -47,11 +47,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("e2e", "model", "old", "int8")
+MODES = ("e2e", "model", "old", "int8", "ort-int8")
 DEFAULT_MODES = ("e2e", "model", "old")
 MODE_LABELS = {"e2e": "end-to-end (fsq scan)", "model": "model only",
                "old": "old approach (fp32, 1 at a time)",
-               "int8": "model only, int8 dynamic (not offered)"}
+               "int8": "model only, int8 dynamic (not offered)",
+               "ort-int8": "model only, ONNX Runtime int8 (fsq model check)"}
 DEFAULT_MODELS = ("ViT-B-32", "ViT-L-14")
 _RESULT = "FSQ-BENCH-RESULT "
 
@@ -195,6 +196,7 @@ def _settings(spec: dict[str, Any]):
     from fsq.config import load_settings
     overrides = {"model": spec["model"], "pretrained": spec["pretrained"],
                  "precision": spec.get("precision", "auto"), "device": "cpu",
+                 "backend": spec.get("backend", "auto"),
                  "batch_size": spec["batch_size"], "workers": spec["workers"],
                  "threads": spec.get("threads", 0), "db": spec.get("db", "fsq.db"),
                  "source": spec.get("source"), "log_level": "error"}
@@ -252,6 +254,11 @@ def run_model_only(spec: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if spec.get("int8"):
         extra = _quantize_int8(clf)
+    if spec.get("ort_int8"):
+        # What `--precision int8` runs once `fsq model check` approved it (random weights
+        # here: speed only; approval is the site's check on its own weights).
+        clf._ort = clf.int8_tower()
+        extra = {"precision_note": "ONNX Runtime int8 dynamic, per-channel"}
     items = []
     for key in spec["keys"]:
         data = (Path(spec["store"]) / key).read_bytes()
@@ -374,7 +381,8 @@ def run_rescan(spec: dict[str, Any]) -> dict[str, Any]:
 def _describe(clf: Any) -> dict[str, Any]:
     d = clf.describe()
     return {"precision": d["precision"], "precision_reason": d["precision_reason"],
-            "threads": d["threads"], "model_id": d["model_id"]}
+            "threads": d["threads"], "model_id": d["model_id"],
+            "backend": d.get("backend"), "backend_reason": d.get("backend_reason")}
 
 
 _RUNNERS = {"e2e": run_e2e, "model": run_model_only, "old": run_old, "rescan": run_rescan}
@@ -428,6 +436,7 @@ def bench_model(name: str, keys: list[str], store: Path, work: Path, cache: Path
     model, pretrained = model_files(name, cache)
     base = {"model": model, "pretrained": pretrained, "batch_size": args.batch_size,
             "workers": args.workers, "threads": args.threads, "precision": args.precision,
+            "backend": args.backend,
             "store": str(store), "keys": keys, "workdir": str(work)}
     best: dict[str, dict[str, Any]] = {}
     log = work / "bench.log"
@@ -435,7 +444,9 @@ def bench_model(name: str, keys: list[str], store: Path, work: Path, cache: Path
         for mode in args.modes:
             spec = dict(base, mode=mode)
             if mode == "int8":
-                spec.update(mode="model", int8=True, precision="fp32")
+                spec.update(mode="model", int8=True, precision="fp32", backend="torch")
+            if mode == "ort-int8":
+                spec.update(mode="model", ort_int8=True, precision="fp32", backend="torch")
             if mode == "e2e":
                 db = work / f"e2e-{name.replace('/', '_')}-{r}.db"
                 for suffix in ("", "-wal", "-shm"):
@@ -462,7 +473,8 @@ def bench_model(name: str, keys: list[str], store: Path, work: Path, cache: Path
                            "batch_size": args.batch_size, "workers": args.workers,
                            "precision": info.get("precision"),
                            "precision_reason": info.get("precision_reason"),
-                           "threads": info.get("threads"), "results": best}
+                           "threads": info.get("threads"), "backend": info.get("backend"),
+                           "backend_reason": info.get("backend_reason"), "results": best}
     if "model" in best and "e2e" in best:
         best["e2e"]["frames_per_s"] = best["model"]["frames"] / best["e2e"]["seconds"] \
             * best["e2e"]["images"] / best["model"]["images"]
@@ -549,6 +561,8 @@ def report(result: dict[str, Any]) -> str:
     for m in result["models"]:
         chosen = (f"precision {m['precision']} ({m['precision_reason']}); torch threads "
                   f"{m['threads']}" if m["precision"] else "fsq's precision not measured")
+        if m.get("backend"):
+            chosen += f"; image tower {m['backend']} ({m.get('backend_reason')})"
         lines += ["", f"{m['model']}: {chosen}", format_table(m)]
         e = m["results"].get("e2e")
         if e and "rss_start_mb" in e:
@@ -568,6 +582,12 @@ def report(result: dict[str, Any]) -> str:
                       f"{r['rescan']['objects_per_s']:.0f} objects/s "
                       f"({r['rescan']['seconds']:.2f} s; first pass "
                       f"{r['first']['objects_per_s']:.0f} objects/s with the tiny model)"]
+    if result.get("rescore"):
+        r = result["rescore"]
+        lines += ["", f"rescore of {r['objects']} stored embeddings (--severity "
+                      f"{r['severity']}): {r['objects_per_s']:.0f} objects/s ({r['seconds']:.2f}"
+                      f" s, {r['newly_flagged']} newly flagged, {r['images_decoded']} images "
+                      "decoded; target >= 20000 objects/s)"]
     t = targets(result["models"], result.get("rescan"))
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
@@ -593,13 +613,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the first N images for the old approach [all]")
     p.add_argument("--rescan-objects", type=int,
                    help="objects in the rescan store, 0 = skip [10000; quick 1000]")
+    p.add_argument("--rescore-objects", type=int, default=0,
+                   help="`fsq rescore` over N synthetic stored embeddings (fsq.bench_rescore), "
+                        "0 = skip [0]")
     p.add_argument("--batch-size", type=int, default=8, help="model batch size [8]")
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
     p.add_argument("--precision", default="auto", help="fsq --precision [auto]")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="fsq --backend for the image tower [auto]")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                   help="which of e2e,model,old,int8 to run; int8 = model only with int8 "
-                        "dynamic quantisation, for information [e2e,model,old]")
+                   help="which of e2e,model,old,int8,ort-int8 to run; int8 = model only with "
+                        "torch int8 dynamic quantisation, for information; ort-int8 = model "
+                        "only with ONNX Runtime int8 (what --precision int8 runs after "
+                        "`fsq model check`) [e2e,model,old]")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the measurements, report the best rate [1]")
     p.add_argument("--formats", default="jpeg,png,webp,gif",
@@ -660,6 +687,11 @@ def main(argv: list[str] | None = None) -> int:
                  "batch_size": args.batch_size, "workers": args.workers,
                  "threads": args.threads, "store": str(small), "db": str(db),
                  "workdir": str(work)}, in_process=args.in_process, log=work / "bench.log")
+        if args.rescore_objects:
+            from fsq import bench_rescore
+            print(f"rescore: {args.rescore_objects} stored embeddings ...", file=sys.stderr,
+                  flush=True)
+            result["rescore"] = bench_rescore.run(work, args.rescore_objects)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -147,9 +147,13 @@ SETTINGS: tuple[Setting, ...] = (
     S("severity", "balanced", _choice("strict", "balanced", "lenient"),
       "Shifts every threshold: strict -0.01, balanced 0, lenient +0.01.", "balanced",
       group="scan"),
-    S("precision", "auto", _choice("auto", "fp32", "bf16", "fp16"),
-      "Inference precision. auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32.",
+    S("precision", "auto", _choice("auto", "fp32", "bf16", "fp16", "int8"),
+      "Inference precision. auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32. "
+      "int8 (ONNX Runtime) only after a passing `fsq model check`; auto never picks it.",
       "auto", group="scan"),
+    S("backend", "auto", _choice("auto", "torch", "onnx"),
+      "Image-tower runtime. auto = torch where bf16/fp16 is used, else ONNX Runtime fp32 if "
+      "fsq[onnx] is installed and its export check passes, else torch.", "auto", group="scan"),
     S("device", "auto", _choice("auto", "cpu", "cuda"), "Inference device.", "auto",
       group="scan"),
     S("batch_size", 8, _int_min(1), "Images per model batch.", "8", group="scan"),

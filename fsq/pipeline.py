@@ -148,6 +148,7 @@ class _Item:
     tensors: list[Any] | None = None
     error: str | None = None
     pdq: list[Any] = field(default_factory=list)  # fsq.signals.pdq.FrameHash per frame
+    embeddings: Any = None  # frame embeddings of a clean model verdict (fsq.ledger.embeddings)
 
 
 def load_hash_lists(paths: tuple[str, ...]) -> dict[str, str]:
@@ -417,6 +418,9 @@ class Scanner:
         for it, (decision, frame) in zip(items, results):
             assert it.decoded is not None
             it.verdict = clip_verdict(decision, frame, it.decoded, clf.model_id, self.cfg)
+            if it.verdict.method == "clip" and it.verdict.outcome == "clean":
+                # Kept for `fsq rescore`; flagged content's are never kept (evidence).
+                it.embeddings = getattr(decision, "embeddings", None)
             it.tensors = None
             s.classified += 1
             self._record(it, s)
@@ -435,11 +439,17 @@ class Scanner:
         assert v is not None and it.sha256 is not None and it.md5 is not None
         if v.method == "cache":
             s.reused += 1
-        _, incident_id = record_verdict(
+        vid, incident_id = record_verdict(
             self.conn, object_id=it.object_id, sha256=it.sha256, md5=it.md5,
             size=len(it.data or b""), verdict=v,
             audit_details={"source": self.source.url, "key": key,
                            "dry_run": self.cfg.dry_run})
+        if it.embeddings is not None and v.outcome == "clean" and v.model_id:
+            from fsq.ledger import embeddings
+            embeddings.store(self.conn, it.sha256, v.model_id, it.embeddings,
+                             precision=getattr(self.classifier, "precision", None),
+                             verdict_id=vid)
+            it.embeddings = None
         if it.pdq:
             signals.store_pdq(self.conn, it.sha256, it.pdq)
         if v.outcome == "clean":

@@ -46,7 +46,24 @@ def build_classifier(settings: Settings, concepts=None):
         model=settings.model, pretrained=settings.pretrained,
         concepts=concepts if concepts is not None else load_concept_set(settings),
         severity=settings.severity, precision=settings.precision, device=settings.device,
-        cache_dir=settings.cache_dir, threads=settings.threads)
+        cache_dir=settings.cache_dir, threads=settings.threads, backend=settings.backend,
+        int8_approved=_int8_approvals(settings) if settings.precision == "int8" else None)
+
+
+def _int8_approvals(settings: Settings):
+    """checkpoint sha256 -> approved? from the state DB (`fsq model check`)."""
+    def approved(sha256: str) -> bool:
+        from fsq.classify.int8_check import approved as lookup
+        from fsq.ledger.db import connect
+        try:
+            conn = connect(settings.db, create=False)
+        except Exception:  # no database, no approval
+            return False
+        try:
+            return lookup(conn, sha256)
+        finally:
+            conn.close()
+    return approved
 
 
 def scan_config(settings: Settings, *, dry_run: bool, rescan: bool, mode: str,

@@ -89,3 +89,25 @@ def test_bench_rejects_unknown_mode(capsys):
         bench.main(["--modes", "e2e,fast"])
     assert exc.value.code == 2
     assert "--modes" in capsys.readouterr().err
+
+
+def test_bench_rescore_of_stored_embeddings(tmp_path, capsys):
+    """`--rescore-objects`: the rescore benchmark on synthetic stored embeddings, no model."""
+    args = ["--models", "", "--rescan-objects", "0", "--rescore-objects", "3000",
+            "--workdir", str(tmp_path), "--in-process"]
+    data = json.loads(_run(capsys, *args, "--json"))
+    r = data["rescore"]
+    assert r["objects"] == r["frames"] == 3000 and r["images_decoded"] == 0
+    assert 0 < r["newly_flagged"] < 3000 and r["decided"] >= r["newly_flagged"]
+    assert _sane_rate(r["objects_per_s"])
+    assert "rescore of 3000 stored embeddings" in _run(capsys, *args)
+
+
+def test_bench_ort_int8_mode(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    args = ["--models", "tiny", "--images", "3", "--rescan-objects", "0", "--modes",
+            "model,ort-int8", "--workdir", str(tmp_path / "w"), "--weights-dir",
+            str(tmp_path / "weights"), "--in-process", "--json"]
+    data = json.loads(_run(capsys, *args))
+    rows = {r["mode"]: r for r in data["models"][0]["rows"]}
+    assert set(rows) == {"model", "ort-int8"} and _sane_rate(rows["ort-int8"]["images_per_s"])

@@ -47,6 +47,7 @@ from PIL import Image
 from fsq.classify.concepts import ConceptSet
 from fsq.classify.precision import detect_precision, resolve_device, resolve_precision
 from fsq.classify.rule import SEVERITY_SHIFT, Decision, decide
+from fsq.classify.similarity import similarities_of
 from fsq.errors import ConfigError, ExternalError
 
 try:  # the [clip] extra; everything else in fsq.classify works without it
@@ -163,7 +164,15 @@ class ClipClassifier:
 
     def __init__(self, model: str, pretrained: str, concepts: ConceptSet,
                  severity: str = "balanced", precision: str = "auto", device: str = "auto",
-                 cache_dir: str | None = None, threads: int = 0) -> None:
+                 cache_dir: str | None = None, threads: int = 0,
+                 text_only: bool = False, backend: str = "torch",
+                 int8_approved: Any = None) -> None:
+        """``text_only``: compute (or read from the cache) the concept text embeddings and
+        release the whole model, image tower included (``fsq rescore`` needs no image
+        tower; ``embed_images`` then fails). ``backend``: torch | onnx | auto for the image
+        tower (fsq.classify.onnx_backend; the text tower is always torch).
+        ``precision="int8"`` (ONNX Runtime int8) runs only if ``int8_approved(checkpoint
+        sha256)`` is true: a passing `fsq model check` for this checkpoint."""
         open_clip = _import_open_clip()
         if severity not in SEVERITY_SHIFT:
             raise ConfigError(f"severity {severity!r}: expected one of "
@@ -177,7 +186,23 @@ class ClipClassifier:
         self.threads = torch.get_num_threads()
 
         self.device = resolve_device(device)
+        int8 = (precision or "").strip().lower() == "int8"
+        if int8:
+            if self.device.startswith("cuda") or backend == "torch":
+                raise ConfigError("precision int8 runs on ONNX Runtime on the CPU only: use "
+                                  "--device cpu and --backend auto or onnx")
+            precision, backend = "fp32", "onnx"
         self.precision, self.precision_reason = resolve_precision(precision, self.device)
+        from fsq.classify import onnx_backend
+        if backend == "onnx" and precision not in ("auto", "fp32"):
+            raise ConfigError(f"backend onnx runs fp32 only, not {precision}: use "
+                              "--precision fp32 (or auto) or --backend torch")
+        want, self.backend_reason = onnx_backend.resolve(
+            backend, self.device, "fp32" if backend == "onnx" else self.precision)
+        if want == "onnx" and self.precision != "fp32":
+            self.precision, self.precision_reason = "fp32", "backend onnx runs fp32"
+        self.backend = "torch"
+        self._ort: Any = None
         self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
                        "fp16": torch.float16}[self.precision]
         if (self.precision == "bf16" and not self.device.startswith("cuda")
@@ -228,12 +253,45 @@ class ClipClassifier:
         self.text_cache_path: Path | None = None
         self.text_embeddings = self._text_embeddings(open_clip)
 
-        # Converted weights, not torch.autocast: autocast on CPU measured far slower.
-        if self._dtype != torch.float32:
-            self.model.to(dtype=self._dtype)
-        self.model.to(self.device)
-        # The text tower is never used again: free it (ViT-L-14: 123 M parameters, ~0.5 GB).
-        _drop_text_tower(self.model)
+        # Hashed (once, cached by path/size/mtime) only where it keys an ONNX graph.
+        self.checkpoint_sha256 = (self._checkpoint_sha256(self.checkpoint)
+                                  if (int8 or want == "onnx") and not text_only else None)
+        if int8 and not text_only:
+            if int8_approved is None or not int8_approved(self.checkpoint_sha256):
+                raise ConfigError(f"precision int8 is not approved for this checkpoint "
+                                  f"({self.model_id}): run `fsq model check` first, which "
+                                  "compares int8 with fp32 on your own files")
+            try:
+                self._ort = self.int8_tower()
+            except onnx_backend.BackendUnavailable as e:
+                raise ConfigError(f"precision int8: {e}") from None
+            self.backend, self.backend_reason = "onnx", "int8 approved by `fsq model check`"
+            self.precision, self.precision_reason = "int8", "int8 requested (approved)"
+        elif want == "onnx" and not text_only:
+            try:
+                self._ort = onnx_backend.load_or_export(
+                    self.model.visual, key_doc=self._ort_key(), cache_dir=self.cache_dir,
+                    image_size=self.image_size, mean=self._mean, std=self._std,
+                    threads=self.threads, atomic_write=_atomic_write)
+                self.backend = "onnx"
+                self.backend_reason += f" (export check cosine >= {self._ort.min_cosine:.7f})"
+            except onnx_backend.BackendUnavailable as e:
+                if backend == "onnx":
+                    raise ConfigError(f"backend onnx: {e}") from None
+                self.backend_reason = f"auto: torch, ONNX Runtime not used ({e})"
+                log.info("%s", self.backend_reason)
+        if text_only or self._ort is not None:
+            # No torch image tower needed (rescore: none at all; onnx: ORT runs it).
+            self.model = None
+            _malloc_trim()
+        else:
+            # Converted weights, not torch.autocast: autocast on CPU measured far slower.
+            if self._dtype != torch.float32:
+                self.model.to(dtype=self._dtype)
+            self.model.to(self.device)
+            # The text tower is never used again: free it (ViT-L-14: 123 M parameters,
+            # ~0.5 GB).
+            _drop_text_tower(self.model)
 
         if self.model_id != concepts.calibrated_for:
             hint = (f" If this checkpoint holds the {concepts.calibrated_for} weights, set "
@@ -246,10 +304,29 @@ class ClipClassifier:
 
     # -- public -------------------------------------------------------------------------------
 
+    def _ort_key(self) -> dict[str, Any]:
+        if self.checkpoint_sha256 is None:
+            self.checkpoint_sha256 = self._checkpoint_sha256(self.checkpoint)
+        return {"arch": self._arch_name, "model_id": self.model_id,
+                "checkpoint_sha256": self.checkpoint_sha256, "image_size": list(self.image_size)}
+
+    def int8_tower(self) -> Any:
+        """The ONNX Runtime int8 image tower of this checkpoint (for `fsq model check` and
+        approved ``--precision int8``); needs the fp32 torch tower, i.e. call it on a
+        classifier built with backend torch and precision fp32 (or during __init__)."""
+        from fsq.classify import onnx_backend
+        if self.model is None or self._dtype != torch.float32:
+            raise ConfigError("the int8 tower is built from the fp32 torch tower")
+        return onnx_backend.load_int8(
+            self.model.visual, key_doc=self._ort_key(), cache_dir=self.cache_dir,
+            image_size=self.image_size, mean=self._mean, std=self._std, threads=self.threads,
+            atomic_write=_atomic_write)
+
     def describe(self) -> dict[str, Any]:
         """Settings actually in use, for log lines and ``--json`` output."""
         return {"model_id": self.model_id, "device": self.device, "precision": self.precision,
                 "precision_reason": self.precision_reason, "threads": self.threads,
+                "backend": self.backend, "backend_reason": self.backend_reason,
                 "image_size": list(self.image_size), "concepts": self.concepts.name,
                 "concepts_digest": self.concepts.digest, "severity": self.severity}
 
@@ -280,6 +357,10 @@ class ClipClassifier:
             batch = batch.unsqueeze(0)
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected a batch shaped n x 3 x S x S, got {tuple(batch.shape)}")
+        if self._ort is not None:
+            e = self._ort.embed(batch.numpy() if hasattr(batch, "numpy") else batch)
+            norm = np.linalg.norm(e, axis=1, keepdims=True)
+            return (e / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
         with torch.inference_mode():
             x = batch.to(self.device, dtype=self._dtype)
             # Normalise in fp32 whatever the model precision: cheap, and it keeps bf16/fp16
@@ -290,9 +371,12 @@ class ClipClassifier:
 
     def similarities(self, batch: "torch.Tensor") -> np.ndarray:
         """n x n_concepts cosine similarities, columns in concept-set order."""
-        sims = self.embed_images(batch) @ self.text_embeddings.T
-        # Unit vectors, but float rounding can give 1.0000001.
-        return np.clip(sims, -1.0, 1.0).astype(np.float32, copy=False)
+        return self.similarities_of(self.embed_images(batch))
+
+    def similarities_of(self, embeddings: np.ndarray) -> np.ndarray:
+        """Image embeddings (n x d, unit) -> n x n_concepts similarities; the one place the
+        scan and `fsq rescore` (fsq.rescore, stored embeddings) compute them."""
+        return similarities_of(embeddings, self.text_embeddings)
 
     def classify_items(self, items: Sequence[Sequence["torch.Tensor"]],
                        batch_size: int | None = None) -> list[tuple[Decision, int]]:
@@ -314,8 +398,9 @@ class ClipClassifier:
         if not flat:
             return []
         step = batch_size if batch_size and batch_size > 0 else len(flat)
-        sims = np.concatenate([self.similarities(torch.stack(flat[k:k + step]))
+        embs = np.concatenate([self.embed_images(torch.stack(flat[k:k + step]))
                                for k in range(0, len(flat), step)])
+        sims = self.similarities_of(embs)
         texts = self.concepts.texts
         best: list[tuple[Decision, int] | None] = [None] * len(items)
         frames_of: list[list[dict]] = [[] for _ in items]
@@ -327,9 +412,14 @@ class ClipClassifier:
             cur = best[i]
             if cur is None or d.rank_key() > cur[0].rank_key():
                 best[i] = (d, j)
-        for b, per in zip(best, frames_of):
+        rows_of: list[list[int]] = [[] for _ in items]
+        for k, (i, _j) in enumerate(owner):
+            rows_of[i].append(k)
+        for b, per, rows in zip(best, frames_of, rows_of):
             if b is not None and len(per) > 1:
                 b[0].per_frame = per
+            if b is not None:
+                b[0].embeddings = embs[rows]
         return [b for b in best if b is not None]
 
     def __repr__(self) -> str:

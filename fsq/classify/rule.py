@@ -65,6 +65,9 @@ class Decision:
     # (index, flagged, fired concepts, underage_max), so the verdict can say which frames
     # (video timestamps) fired. Not part of to_json(): the verdict records it on its own.
     per_frame: list[dict[str, Any]] = field(default_factory=list)
+    # The file's frame embeddings (n_frames x d float32, sampled-frame order) when the model
+    # produced this decision, so the scanner can keep them for `fsq rescore`. Not in to_json().
+    embeddings: Any = None
 
     def top(self, n: int = 5) -> list[tuple[str, float]]:
         """The ``n`` highest raw similarities, highest first (for log lines and reports)."""

@@ -138,6 +138,8 @@ COMMAND_MODULES = [
     "fsq.cli.peers_cmd",
     "fsq.cli.import_cmd",
     "fsq.cli.hashes_cmd",
+    "fsq.cli.rescore_cmd",
+    "fsq.cli.model_cmd",
 ]
 
 

@@ -28,10 +28,14 @@ def classifier_options(f):
                      help="Concept-set TOML [FSQ_CONCEPTS; default: shipped set]."),
         click.option("--severity", type=click.Choice(["strict", "balanced", "lenient"]),
                      help="Threshold shift [FSQ_SEVERITY, balanced]."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-                     help="Inference precision [FSQ_PRECISION, auto]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16",
+                                                        "int8"]),
+                     help="Inference precision [FSQ_PRECISION, auto]; int8 only after "
+                          "`fsq model check`."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
                      help="Inference device [FSQ_DEVICE, auto]."),
+        click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]),
+                     help="Image-tower runtime [FSQ_BACKEND, auto]; onnx needs fsq[onnx]."),
         click.option("--batch-size", type=int, help="Images per model batch [FSQ_BATCH_SIZE]."),
         click.option("--workers", type=int, help="Fetch/decode threads [FSQ_WORKERS]."),
         click.option("--threads", type=int, help="torch threads, 0 = default [FSQ_THREADS]."),
@@ -86,8 +90,8 @@ def print_summary(s, as_json: bool, rescan_stale: bool = False, stamp: bool = Fa
 @json_option
 def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vault,
          vault_public_key, model,
-         pretrained, concepts, severity, precision, device, batch_size, workers, threads,
-         unreadable, hash_lists, accept_new_host_key, db, as_json):
+         pretrained, concepts, severity, precision, device, backend, batch_size, workers,
+         threads, unreadable, hash_lists, accept_new_host_key, db, as_json):
     """Scan a pict-rs store, classify new images, quarantine what is flagged.
 
     Without --dry-run flagged files are sealed into the vault (only the vault *public* key is
@@ -105,6 +109,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
     settings = load(source=source, interval=interval, vault=vault,
                     vault_public_key=vault_public_key, model=model, pretrained=pretrained,
                     concepts=concepts, severity=severity, precision=precision, device=device,
+                    backend=backend,
                     batch_size=batch_size, workers=workers, threads=threads,
                     unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db,
                     sftp_accept_new_host_key=accept_new_host_key)

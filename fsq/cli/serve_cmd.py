@@ -31,7 +31,7 @@ from fsq.cli.scan_cmd import classifier_options
 @db_option
 def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vault,
           vault_public_key, model, pretrained, concepts, severity, precision, device,
-          batch_size, workers, threads, unreadable, hash_lists, db):
+          backend, batch_size, workers, threads, unreadable, hash_lists, db):
     """Answer pict-rs's external validation: 2xx accepts an upload, 406 rejects it.
 
     Each upload gets the scanner's checks (allowlist, hash lists, decode, CLIP). A rejected
@@ -59,6 +59,7 @@ def serve(listen, token, on_error, max_body, timeout, queue, batch_wait_ms, vaul
                     vault=vault,
                     vault_public_key=vault_public_key, model=model, pretrained=pretrained,
                     concepts=concepts, severity=severity, precision=precision, device=device,
+                    backend=backend,
                     batch_size=batch_size, workers=workers, threads=threads,
                     unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db)
     periodic = None

@@ -413,6 +413,40 @@ CREATE TABLE peer_rejections (
     data_sha256  TEXT
 );
 """),
+    (11, "stored image embeddings for rescore, int8 approvals", r"""
+-- The image embedding of each frame the model classified, for `fsq rescore` (re-deciding
+-- under another concept set or severity without decoding or running the image tower).
+-- vectors: n_frames x dim float16 little-endian, L2-normalised, in sampled-frame order.
+-- Only content whose model verdict was clean is kept: an embedding of flagged content is
+-- derived from evidence and is deleted when any flagged verdict or incident is recorded for
+-- that sha256 (docs/threat-model.md "Stored embeddings").
+CREATE TABLE embeddings (
+    sha256      TEXT NOT NULL,
+    model_id    TEXT NOT NULL,
+    precision   TEXT,
+    n_frames    INTEGER NOT NULL,
+    dim         INTEGER NOT NULL,
+    vectors     BLOB NOT NULL,
+    verdict_id  INTEGER REFERENCES verdicts(id),
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (sha256, model_id)
+) WITHOUT ROWID;
+
+-- `fsq model check`: int8 (ONNX Runtime, dynamic, per-channel) compared with torch fp32 on the
+-- admin's own files. The latest row per (checkpoint_sha256, precision) decides whether
+-- `--precision int8` may run for that checkpoint; approved: 1 passed, 0 refused.
+CREATE TABLE model_approvals (
+    id                INTEGER PRIMARY KEY,
+    checkpoint_sha256 TEXT NOT NULL,
+    model_id          TEXT NOT NULL,
+    precision         TEXT NOT NULL,
+    runtime           TEXT NOT NULL,
+    approved          INTEGER NOT NULL,
+    checked_at        TEXT NOT NULL,
+    details           TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX model_approvals_lookup ON model_approvals(checkpoint_sha256, precision);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

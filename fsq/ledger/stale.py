@@ -63,7 +63,7 @@ def stale_objects(conn: sqlite3.Connection, source: str, *, digest: str,
     """Objects of ``source`` decided by the model under other settings, with what differs."""
     out = []
     for r in conn.execute(_DECIDING, (source,)):
-        if r["method"] != "clip":
+        if r["method"] not in ("clip", "rescore"):  # rescore: fsq.rescore
             continue
         if r["digest"] is not None:
             if r["digest"] == digest:

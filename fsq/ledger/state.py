@@ -114,7 +114,15 @@ def insert_verdict(conn: sqlite3.Connection, sha256: str, v: VerdictRecord) -> i
         (sha256, iso(), v.outcome, v.reason, v.method, v.model_id, v.concepts_digest,
          v.severity, v.rule_version, v.media_type, v.width, v.height, v.frames,
          json.dumps(v.details or {}, sort_keys=True), v.settings_digest))
+    if v.outcome == "flagged":
+        _forget_embeddings(conn, sha256)
     return int(cur.lastrowid)
+
+
+def _forget_embeddings(conn: sqlite3.Connection, sha256: str) -> None:
+    """Flagged content's stored embeddings are derived from evidence: never kept
+    (fsq.ledger.embeddings; docs/threat-model.md "Stored embeddings")."""
+    conn.execute("DELETE FROM embeddings WHERE sha256=?", (sha256,))
 
 
 def cached_verdict(conn: sqlite3.Connection, sha256: str, settings_digest: str | None = None
@@ -131,7 +139,7 @@ def cached_verdict(conn: sqlite3.Connection, sha256: str, settings_digest: str |
             (sha256,)).fetchone()
     return conn.execute(
         "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged','unreadable') "
-        "AND method != 'attestation' AND (method NOT IN ('clip','cache') OR settings_digest=?) "
+        "AND method != 'attestation' AND (method NOT IN ('clip','cache','rescore') OR settings_digest=?) "
         "ORDER BY id DESC LIMIT 1", (sha256, settings_digest)).fetchone()
 
 
@@ -229,6 +237,7 @@ def ensure_incident(conn: sqlite3.Connection, *, sha256: str, md5: str | None,
     after a purge) is reopened as 'flagged': it is new evidence. Its lifecycle times (report,
     clearance, purge, release, quarantine) are reset - an old clearance or report must never
     shorten the retention of new evidence - and the old values go into the audit event."""
+    _forget_embeddings(conn, sha256)  # an incident means evidence, whoever opened it
     row = incident_for_sha(conn, sha256)
     if row is not None:
         if row["state"] in ("purged", "released"):
