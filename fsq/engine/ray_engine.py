@@ -346,11 +346,11 @@ class RayEngine:
     # -- actors ------------------------------------------------------------------------------
 
     def _n_actors(self) -> int:
-        if self.actors_wanted:
-            return self.actors_wanted
         if self._gpus:
-            return self._gpus
-        return max(1, self._cpus // 4)
+            return self.actors_wanted or self._gpus
+        # CPU actors hold one CPU each for the whole pass: at least one CPU stays for the
+        # fetch/decode tasks, or the pass could never finish.
+        return max(1, min(self.actors_wanted or self._cpus // 4, self._cpus - 1))
 
     def _new_actor(self) -> Any:
         from fsq.classify.concepts import load_concepts
