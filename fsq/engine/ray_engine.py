@@ -106,7 +106,7 @@ class RayEngine:
             kw.update(self.init_kwargs)
             try:
                 ray.init(address=self.address, **kw)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # unreachable, refused token, version mismatch...
                 raise ExternalError(f"cannot start or join Ray (FSQ_RAY_ADDRESS="
                                     f"{self.address or ''}): {_one_line(exc)}") from None
             self._owns_ray = True
@@ -361,7 +361,8 @@ class RayEngine:
         if self._gpus:
             opts["num_gpus"] = 1
         else:
-            opts["num_cpus"] = 1
+            # A one-CPU cluster: the actor shares the CPU with the tasks rather than wait.
+            opts["num_cpus"] = 1 if self._cpus >= 2 else 0
         return self._ray.remote(_tasks().ClassifierActor).options(**opts).remote(factory)
 
     def _start_actors(self) -> None:
