@@ -311,13 +311,15 @@ class Scanner:
             since = None if cur is None else cur - CURSOR_MARGIN_S
         listing_started = time.time()
         engine = self.engine
-        engine.start(self)
         inflight: deque[Future[_Item]] = deque()
-        limit = engine.limit()  # objects in flight: memory stays flat on any listing
         ready: list[_Item] = []
         status = "finished"
         error: str | None = None
         try:
+            # Inside the try: an engine that cannot start (a Ray cluster out of reach) ends
+            # the run as failed, with its reason, not as 'running' forever.
+            engine.start(self)
+            limit = engine.limit()  # objects in flight: memory stays flat on any listing
             for info in self._listing(since):
                 if self._stop.is_set():
                     status = "interrupted"

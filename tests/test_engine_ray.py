@@ -340,3 +340,28 @@ def test_killed_coordinator_leaves_nothing_half_done(ray_cluster, tmp_path, tiny
     finally:
         conn.close()
     assert fsq(["audit", "verify"]).exit_code == 0
+
+
+def test_an_engine_that_cannot_start_fails_the_run_with_its_reason(tmp_path, tiny_model):
+    """(A Ray cluster out of reach, say): the run is recorded failed, not left running."""
+    from fsq.errors import ExternalError
+
+    class Unreachable:
+        def start(self, scanner):
+            raise ExternalError("cannot start or join Ray (FSQ_RAY_ADDRESS=10.9.9.9:6379): "
+                                "timed out")
+
+        def close(self):
+            pass
+
+    store = tmp_path / "s"
+    make_store(store, 2, seed=61, megapixels=(0.01, 0.02))
+    _, conn, scanner = _scanner(tmp_path, tiny_model, store, lambda s: Unreachable())
+    try:
+        with pytest.raises(ExternalError):
+            scanner.run_pass()
+        run = conn.execute("SELECT * FROM scan_runs").fetchone()
+        assert run["status"] == "failed" and "cannot start or join Ray" in run["error"]
+        assert conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0] == 0
+    finally:
+        conn.close()

@@ -161,6 +161,8 @@ class RayEngine:
         """End of a pass: stop the loop, drop what is still in flight (the scanner records
         only what came back). Actors stay for the next pass; ``shutdown`` ends them."""
         self._closed = True
+        if not hasattr(self, "_waiting"):  # start() failed before the pass began
+            return
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
