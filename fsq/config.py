@@ -204,6 +204,16 @@ SETTINGS: tuple[Setting, ...] = (
     S("cache_dir", None, _opt_str,
       "Cache for text embeddings; empty = $XDG_CACHE_HOME/fsq or ~/.cache/fsq.", "",
       group="scan"),
+    S("engine", "local", _choice("local", "ray"),
+      "How `fsq scan` executes a pass: local (threads of this host) or ray (fetch, decode and "
+      "classify on a Ray cluster; pip install 'fsq[ray]'; docs/scale.md).", "local",
+      group="scan"),
+    S("ray_address", None, _opt_str,
+      "Ray cluster to join with FSQ_ENGINE=ray (host:6379, or auto); empty = start a Ray "
+      "instance on this host for the pass.", "", group="scan"),
+    S("ray_actors", 0, _int_min(0),
+      "Classifier actors with FSQ_ENGINE=ray (one model load each); 0 = one per GPU of the "
+      "cluster, else one per 4 CPUs.", "0", group="scan"),
     # vault
     S("vault", "file://./quarantine", _str,
       "Quarantine vault: file:///path (directory) or s3://bucket/prefix.",

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from typing import AbstractSet, Any, Callable, Iterator, Protocol
 
@@ -149,6 +149,10 @@ class _Item:
     error: str | None = None
     pdq: list[Any] = field(default_factory=list)  # fsq.signals.pdq.FrameHash per frame
     embeddings: Any = None  # frame embeddings of a clean model verdict (fsq.ledger.embeddings)
+    # Set by an engine that prepared and classified the object elsewhere (fsq.engine.ray_engine):
+    # the bytes stayed on the worker, so ``data`` is None and these say what it read.
+    size: int | None = None
+    classified: bool = False
 
 
 def load_hash_lists(paths: tuple[str, ...]) -> dict[str, str]:
@@ -178,7 +182,7 @@ class Scanner:
                  classifier_factory: Callable[[], Classifier],
                  actor: Actor | None = None,
                  progress: Callable[[Summary, int | None], None] | None = None,
-                 db_path: str | None = None) -> None:
+                 db_path: str | None = None, engine: Any = None) -> None:
         self.conn = conn
         self.source = source
         self.cfg = config
@@ -193,6 +197,11 @@ class Scanner:
         self._local = threading.local()
         self._stop = threading.Event()
         self._decoder: Any = None  # fsq.media.DecodePool while a pass runs
+        # How a pass is executed (fsq.engine): local threads unless told otherwise.
+        if engine is None:
+            from fsq.engine.local import LocalEngine
+            engine = LocalEngine()
+        self.engine = engine
 
     # -- classifier (loaded on first need: a rescan of an unchanged store never loads it) ----
 
@@ -257,15 +266,8 @@ class Scanner:
             return item
         item.data = data
         item.sha256, item.md5 = hashes(data)
-        item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
-                                use_cache=not self.cfg.rescan, trust=self.cfg.trust,
-                                settings_digest=self.cfg.settings_digest)
-        if (item.verdict is not None and item.verdict.method == "cache"
-                and item.verdict.outcome == "unreadable" and self.cfg.unreadable == "flag"):
-            item.verdict = None  # the policy changed since: unreadable content now flags
+        self._early_verdict(item, lambda: sniff(data))
         if item.verdict is not None:
-            if item.verdict.media_type is None:
-                item.verdict.media_type = sniff(data)  # decided without decoding
             return item
         item.decoded, item.verdict = decode_or_verdict(data, self.cfg, self._decoder)
         if item.verdict is not None:
@@ -279,6 +281,19 @@ class Scanner:
         item.tensors = [clf.preprocess(f) for f in item.decoded.frames]
         item.decoded.frames = []  # free the PIL frames; tensors are what we keep
         return item
+
+    def _early_verdict(self, item: _Item, media_type: Callable[[], str | None]) -> None:
+        """The verdict decided without decoding (``precheck``), if any, into ``item.verdict``.
+        Any thread (reads through its own connection); every engine calls it."""
+        assert item.sha256 is not None and item.md5 is not None
+        item.verdict = precheck(self._reader(), item.sha256, item.md5, self.known,
+                                use_cache=not self.cfg.rescan, trust=self.cfg.trust,
+                                settings_digest=self.cfg.settings_digest)
+        if (item.verdict is not None and item.verdict.method == "cache"
+                and item.verdict.outcome == "unreadable" and self.cfg.unreadable == "flag"):
+            item.verdict = None  # the policy changed since: unreadable content now flags
+        if item.verdict is not None and item.verdict.media_type is None:
+            item.verdict.media_type = media_type()  # decided without decoding
 
     # -- the pass ---------------------------------------------------------------------------
 
@@ -296,15 +311,16 @@ class Scanner:
             cur = state.get_cursor(self.conn, src)
             since = None if cur is None else cur - CURSOR_MARGIN_S
         listing_started = time.time()
-        from fsq.media import DecodePool  # worker processes start on the first decode
-        self._decoder = DecodePool(self.cfg.decode_workers, self.cfg.decode_seconds)
-        pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="fsq-fetch")
+        engine = self.engine
         inflight: deque[Future[_Item]] = deque()
-        limit = max(4, self.cfg.workers * 2 + self.cfg.batch_size * 2)
         ready: list[_Item] = []
         status = "finished"
         error: str | None = None
         try:
+            # Inside the try: an engine that cannot start (a Ray cluster out of reach) ends
+            # the run as failed, with its reason, not as 'running' forever.
+            engine.start(self)
+            limit = engine.limit()  # objects in flight: memory stays flat on any listing
             for info in self._listing(since):
                 if self._stop.is_set():
                     status = "interrupted"
@@ -312,7 +328,7 @@ class Scanner:
                 s.listed += 1
                 item = self._admit(info, s, run_id, stale_ids)
                 if item is not None:
-                    inflight.append(pool.submit(self._prepare, item))
+                    inflight.append(engine.submit(item))
                 while inflight and (len(inflight) >= limit or inflight[0].done()):
                     ready.append(self._result(inflight.popleft()))
                     ready = self._drain(ready, s, final=False)
@@ -334,8 +350,7 @@ class Scanner:
                 f.cancel()
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            self._decoder.close()
+            engine.close()
             self._end_group()
             s.status = status
             s.seconds = time.monotonic() - t0
@@ -401,6 +416,7 @@ class Scanner:
         pending: list[_Item] = []
         for it in ready:
             if it.tensors is None:
+                s.classified += it.classified  # classified by the engine (fsq.engine.ray_engine)
                 self._record(it, s)
             else:
                 pending.append(it)
@@ -441,7 +457,7 @@ class Scanner:
             s.reused += 1
         vid, incident_id = record_verdict(
             self.conn, object_id=it.object_id, sha256=it.sha256, md5=it.md5,
-            size=len(it.data or b""), verdict=v,
+            size=len(it.data) if it.data is not None else (it.size or 0), verdict=v,
             audit_details={"source": self.source.url, "key": key,
                            "dry_run": self.cfg.dry_run})
         if it.embeddings is not None and v.outcome == "clean" and v.model_id:
@@ -469,8 +485,9 @@ class Scanner:
                 # runs its own transactions.
                 self._commit()
                 try:
+                    data = it.data if it.data is not None else self._reread(it)
                     self.actor.quarantine(self.conn, source=self.source,
-                                          object_id=it.object_id, key=key, data=it.data or b"",
+                                          object_id=it.object_id, key=key, data=data,
                                           sha256=it.sha256, md5=it.md5,
                                           incident_id=int(incident_id),  # type: ignore[arg-type]
                                           media_type=v.media_type)
@@ -491,6 +508,15 @@ class Scanner:
                                        "reason": exc.reason})
                     log.warning("could not quarantine %s: %s", display_key(key), exc.reason)
         it.data = None
+
+    def _reread(self, it: _Item) -> bytes:
+        """The bytes of an object prepared elsewhere (fsq.engine.ray_engine: they stayed on the
+        worker), read again by the coordinator, as `fsq apply` does: only bytes that still hash
+        to the classified sha256 are ever sealed."""
+        data = self.source.read(it.info.key, max_bytes=self.cfg.max_bytes)
+        if hashes(data)[0] != it.sha256:
+            raise ObjectChanged(it.info.key, "content changed since it was classified")
+        return data
 
 
 # --- steps shared with the upload-time server (fsq.server.validate) ----------------------------

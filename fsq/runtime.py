@@ -147,11 +147,12 @@ def build_quarantiner(settings: Settings):
 def build_scanner(settings: Settings, conn: sqlite3.Connection, source: Source, *,
                   dry_run: bool, rescan: bool = False, mode: str = "all",
                   progress: Callable[..., None] | None = None,
-                  actor: Any = None, rescan_stale: bool = False) -> Scanner:
+                  actor: Any = None, rescan_stale: bool = False, engine: Any = None
+                  ) -> Scanner:
     # Concept-file errors must surface before any listing starts (exit 2 at once).
     concepts = load_concept_set(settings)
     cfg = scan_config(settings, dry_run=dry_run, rescan=rescan, mode=mode, concepts=concepts,
                       rescan_stale=rescan_stale)
     return Scanner(conn, source, cfg,
                    classifier_factory=lambda: _load_announced(settings, concepts),
-                   actor=actor, progress=progress, db_path=settings.db)
+                   actor=actor, progress=progress, db_path=settings.db, engine=engine)

@@ -83,12 +83,18 @@ def print_summary(s, as_json: bool, rescan_stale: bool = False, stamp: bool = Fa
                    "severity or rule version (a scan counts them; unchanged keys are skipped "
                    "otherwise).")
 @click.option("--interval", type=int, help="Seconds between daemon passes [FSQ_INTERVAL].")
+@click.option("--engine", type=click.Choice(["local", "ray"]),
+              help="Run the pass on this host's threads or on a Ray cluster "
+                   "(docs/scale.md) [FSQ_ENGINE, local].")
+@click.option("--ray-address", help="Ray cluster to join (host:6379, auto); default: start "
+                                    "one on this host [FSQ_RAY_ADDRESS].")
 @vault_options
 @classifier_options
 @host_key_option
 @db_option
 @json_option
-def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vault,
+def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, engine,
+         ray_address, vault,
          vault_public_key, model,
          pretrained, concepts, severity, precision, device, backend, batch_size, workers,
          threads, unreadable, hash_lists, accept_new_host_key, db, as_json):
@@ -103,6 +109,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
       fsq scan --daemon --interval 600 --source s3://pictrs-bucket
       fsq scan --all --model ./cfg.json --pretrained ./weights.pt --json
       fsq scan --all --severity strict --rescan-stale   # after changing a decision setting
+      fsq scan --all --engine ray --ray-address 10.0.0.5:6379   # a Ray cluster
     """
     if mode_all and daemon:
         raise UsageError("--all and --daemon exclude each other; pick one")
@@ -112,7 +119,8 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
                     backend=backend,
                     batch_size=batch_size, workers=workers, threads=threads,
                     unreadable=unreadable, hash_lists=tuple(hash_lists) or None, db=db,
-                    sftp_accept_new_host_key=accept_new_host_key)
+                    sftp_accept_new_host_key=accept_new_host_key, engine=engine,
+                    ray_address=ray_address)
     actor = None if dry_run else build_quarantiner(settings)
     conn = open_db(settings)
     src = open_source(settings.source, settings)
@@ -121,9 +129,11 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
     from fsq.ledger.state import last_listed
     expected = None if daemon else last_listed(conn, src.url)
     progress = Progress("scan", expected=expected)
+    from fsq.engine import build_engine
+    runner = build_engine(settings)
     scanner = build_scanner(settings, conn, src, dry_run=dry_run, rescan=rescan,
                             mode="daemon" if daemon else "all", progress=progress, actor=actor,
-                            rescan_stale=rescan_stale)
+                            rescan_stale=rescan_stale, engine=runner)
     stop = threading.Event()
 
     def _on_signal(signum, frame):
@@ -159,6 +169,7 @@ def scan(mode_all, daemon, source, dry_run, rescan, rescan_stale, interval, vaul
             if stop.wait(settings.interval):
                 break
     finally:
+        getattr(runner, "shutdown", lambda: None)()  # Ray: its actors, and Ray if fsq started it
         src.close()
         conn.close()
     if summary.status == "interrupted":

@@ -223,17 +223,24 @@ def check_decoded(matcher: PdqMatcher | None, decoded: Any
     if not pdq.available():
         _warn_no_pdq()
     frames = pdq.hash_frames(decoded.frames, decoded.sampled)
+    return frames, match_frames(matcher, frames, decoded)
+
+
+def match_frames(matcher: PdqMatcher | None, frames: list[FrameHash], decoded: Any
+                 ) -> VerdictRecord | None:
+    """The bank verdict for PDQ hashes computed elsewhere (``check_decoded``, or a Ray worker:
+    fsq.engine.ray_tasks), if one decides. ``decoded`` needs no frames, only its facts."""
     if matcher is None:
-        return frames, None
+        return None
     # A file only partly examined (issue 11a: ``Decoded.incomplete``, e.g. a pixel budget
     # reached) can still be flagged by a frame, but never vouched for by the safe bank.
     hit = matcher.match(frames, safe=not getattr(decoded, "incomplete", None))
     if hit is None:
-        return frames, None
+        return None
     v = hit_verdict(hit, matcher, len(frames))
     v.media_type, v.width, v.height, v.frames = (decoded.media_type, decoded.width,
                                                  decoded.height, decoded.n_frames)
-    return frames, v
+    return v
 
 
 _warned: list[bool] = []
