@@ -35,15 +35,14 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
-from typing import AbstractSet, Any, Callable, Iterator, Protocol
+from typing import AbstractSet, Any, Callable, Protocol
 
 from fsq.errors import FsqError, UsageError
 from fsq.media import Decoded, DecodeRequest, Unreadable, decode, hashes, sniff
 from fsq.ledger import audit, state
-from fsq.ledger.db import connect, transaction
+from fsq.ledger.db import atomic, connect, transaction
 from fsq.names import db_key, display_key, key_problem
 from fsq.sources.base import ObjectChanged, ObjectError, ObjectInfo, Source
 from fsq.signals import match as signals
@@ -643,7 +642,7 @@ def record_verdict(conn: sqlite3.Connection, *, object_id: int, sha256: str, md5
     Returns (verdict id, incident id or None). Inside a caller's transaction (the scanner's
     write group) the same writes form a savepoint, still all or nothing."""
     v = verdict
-    with _atomic(conn):
+    with atomic(conn):
         vid = state.insert_verdict(conn, sha256, v)
         state.set_object_result(conn, object_id, status=v.outcome, reason=v.reason,
                                 size=size, sha256=sha256, md5=md5,
@@ -657,23 +656,6 @@ def record_verdict(conn: sqlite3.Connection, *, object_id: int, sha256: str, md5
                          {**audit_details, "sha256": sha256, "verdict_id": vid,
                           "method": v.method, "reason": v.reason})
     return vid, incident_id
-
-
-@contextmanager
-def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
-    """A transaction of its own, or a savepoint in the caller's open transaction."""
-    if not conn.in_transaction:
-        with transaction(conn):
-            yield
-        return
-    conn.execute("SAVEPOINT fsq_atomic")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK TO fsq_atomic")
-        conn.execute("RELEASE fsq_atomic")
-        raise
-    conn.execute("RELEASE fsq_atomic")
 
 
 def _reason(decision: Any) -> str:

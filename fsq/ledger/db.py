@@ -196,3 +196,21 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
         raise
     else:
         conn.execute("COMMIT")
+
+
+@contextmanager
+def atomic(conn: sqlite3.Connection, name: str = "fsq_atomic") -> Iterator[None]:
+    """A transaction of its own, or a savepoint in the caller's open transaction (so a write
+    group of the scanner stays open and this block is still all or nothing)."""
+    if not conn.in_transaction:
+        with transaction(conn):
+            yield
+        return
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from fsq.errors import NotFound, UsageError
 from fsq.ledger import audit
-from fsq.ledger.db import transaction
+from fsq.ledger.db import atomic
 from fsq.signals.formats import Signal
 from fsq.signals.pdq import MIN_QUALITY, FrameHash
 from fsq.timeutil import iso
@@ -40,22 +39,6 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 class Bank:
     name: str
     kind: str      # unsafe | safe
-
-
-@contextmanager
-def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
-    if not conn.in_transaction:
-        with transaction(conn):
-            yield
-        return
-    conn.execute("SAVEPOINT fsq_bank")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK TO fsq_bank")
-        conn.execute("RELEASE fsq_bank")
-        raise
-    conn.execute("RELEASE fsq_bank")
 
 
 def check_name(name: str) -> str:
@@ -113,7 +96,7 @@ def _insert(conn: sqlite3.Connection, bank: Bank, signals: list[Signal], origin:
 def import_signals(conn: sqlite3.Connection, bank_name: str, signals: list[Signal], *,
                    file_name: str, file_sha256: str) -> dict[str, Any]:
     """Add a parsed list to a bank (created as unsafe if new), in one transaction."""
-    with _atomic(conn):
+    with atomic(conn, "fsq_bank"):
         bank = ensure_bank(conn, bank_name)
         keep, dropped = _usable_for(bank, signals)
         added = _insert(conn, bank, keep, f"import:{file_sha256}", None)
@@ -131,7 +114,7 @@ def remove_signals(conn: sqlite3.Connection, bank_name: str, *,
                    file_sha256: str | None = None) -> dict[str, Any]:
     """Remove the listed signals, entry ids, or (``everything``) all of a bank's signals; an
     imported bank left empty by ``everything`` is dropped. One transaction, audited."""
-    with _atomic(conn):
+    with atomic(conn, "fsq_bank"):
         bank = require_bank(conn, bank_name)
         removed = 0
         if everything:
@@ -170,7 +153,7 @@ def add_incident(conn: sqlite3.Connection, incident_id: int, bank: str, *,
     """Put an incident's signals into ``bank`` (review confirm -> 'confirmed', release ->
     'safe'). Returns what was added; ``pdq`` 0 means the content was never decoded (flagged by
     an exact hash) or is a flat image: only exact hashes then."""
-    with _atomic(conn):
+    with atomic(conn, "fsq_bank"):
         inc = conn.execute("SELECT * FROM incidents WHERE id=?", (int(incident_id),)).fetchone()
         if inc is None:
             raise NotFound(f"no incident {incident_id}")
@@ -190,7 +173,7 @@ def add_files(conn: sqlite3.Connection, bank: str, files: list[tuple[str, str, s
                                                                      list[FrameHash]]]
               ) -> dict[str, Any]:
     """Add computed signals of files: [(name, sha256, md5, frame hashes)]."""
-    with _atomic(conn):
+    with atomic(conn, "fsq_bank"):
         b = require_bank(conn, bank)
         total = 0
         sigs: list[Signal] = []

@@ -49,7 +49,6 @@ Path safety: nothing outside the root is read, written or removed.
 from __future__ import annotations
 
 import base64
-import errno
 import getpass
 import hashlib
 import logging
