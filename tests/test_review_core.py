@@ -78,6 +78,16 @@ def test_animation_is_a_strip_of_sampled_frames():
     assert png(previews.render_preview(data, 3)).size == (4 * 40 + 3 * 4, 30)
 
 
+def test_video_is_a_strip_of_sampled_frames(tmp_path):
+    pytest.importorskip("av")
+    from tests.test_media_video import make_video
+    data = make_video(tmp_path / "v.mp4", seconds=6, size=(64, 48))
+    p = previews.render_preview(data, 0)
+    im = png(p)
+    assert p.frames == 4 and p.media_type == "video/mp4"   # spread over the six seconds
+    assert max(im.size) <= 128 and im.width > 3 * im.height
+
+
 def test_undecodable_bytes_have_no_preview():
     from fsq.media import Unreadable
     with pytest.raises(Unreadable):
