@@ -147,6 +147,35 @@ async def read_body(request: Any, *, max_body: int, timeout: float,
 
 # --- the protocol --------------------------------------------------------------------------------
 
+# Longest wait for a client to stop sending after an early answer (lingering close).
+LINGER_S = 2.0
+
+
+class _LingeringTransport:
+    """The connection's transport, except that ``close()`` while the client is still sending
+    a body we answered early (their h11 state SEND_BODY) becomes a lingering close (see
+    GuardedH11Protocol._fsq_linger_close). A lingering connection counts as closing."""
+
+    def __init__(self, real: Any, protocol: Any) -> None:
+        self._real = real
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol._fsq_lingering or self._real.is_closing()
+
+    def close(self) -> None:
+        import h11
+        p = self._protocol
+        if (not p._fsq_lingering and not self._real.is_closing()
+                and p.conn.their_state is h11.SEND_BODY):
+            p._fsq_linger_close()
+        elif not p._fsq_lingering:
+            self._real.close()
+
+
 def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> type:
     """A uvicorn h11 protocol class with the header timeout and the connection cap above.
     ``count(kind)`` is called with 'header_timeout' or 'over_capacity' for each drop."""
@@ -157,7 +186,11 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
         _limits = limits
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            self._fsq_lingering = False
             super().connection_made(transport)
+            # uvicorn closes the transport itself after a "Connection: close" answer (408);
+            # the wrapper turns that close into a lingering one while a body is unread.
+            self.transport = _LingeringTransport(transport, self)
             self._fsq_since = self.loop.time()
             self._fsq_served = False           # has completed a request on this connection
             self._fsq_header_timer: asyncio.TimerHandle | None = None
@@ -183,13 +216,6 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
             count("header_timeout")
             self.transport.close()
 
-        def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE:
-                self._fsq_arm()  # a request starts: its headers have header_timeout
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self._fsq_disarm()  # headers complete; the body has read_body's timeout
-
         def on_response_complete(self) -> None:
             self._fsq_served = True
             super().on_response_complete()
@@ -198,6 +224,35 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
                 # client trickling the rest would hold a busy connection (never evicted,
                 # never timed out: uvicorn restarts keep-alive on every byte) for ever.
                 self.transport.close()
+
+        # -- lingering close ---------------------------------------------------------------
+        # Closing a socket while the client's unread bytes sit in its receive buffer makes
+        # the kernel answer with RST, and an RST can destroy the answer the client has not
+        # read yet (the 408 a slow client is owed). So after such an answer: half-close (FIN
+        # after the answer), read and drop what still arrives, close after LINGER_S at most.
+
+        def _fsq_linger_close(self) -> None:
+            if self._fsq_lingering:
+                return
+            self._fsq_lingering = True
+            transport = self.transport._real
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+            except (OSError, RuntimeError):
+                transport.close()
+                return
+            transport.resume_reading()
+            self.loop.call_later(LINGER_S, transport.close)
+
+        def data_received(self, data: bytes) -> None:
+            if self._fsq_lingering:
+                return  # the rest of a body that was already answered: drop it
+            if self.conn.their_state is h11.IDLE:
+                self._fsq_arm()  # a request starts: its headers have header_timeout
+            H11Protocol.data_received(self, data)
+            if self.conn.their_state is not h11.IDLE:
+                self._fsq_disarm()  # headers complete; the body has read_body's timeout
             # Otherwise idle again: uvicorn's keep-alive timer runs; our header timer
             # restarts with the first byte of the next request (data_received).
 
