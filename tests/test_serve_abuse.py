@@ -168,6 +168,52 @@ def test_slow_bodies_and_headerless_connections_do_not_starve_a_real_upload(
     assert p.returncode == 0, err
 
 
+def test_a_lagging_server_never_evicts_a_request_it_has_not_read_yet(
+        keys, tiny_model, tmp_path):  # noqa: F811
+    """The flood arrives while the server is stopped (SIGSTOP: the kernel completes every
+    handshake and queues every byte), so the server meets all of it in one go, before it has
+    read anything. The connections that sent a request are not idle, whatever h11 knows
+    yet: the cap evicts the ones that sent nothing, and every slow body is still answered
+    its 408 (before: the slow bodies were the oldest "never used" connections and were
+    evicted first, their requests unread, which a loaded CI machine hit at random)."""
+    slow_n, empty_n, cap = 20, 60, 50
+    cfg, ckpt = tiny_model
+    port = _free_port()
+    p = start_proc(["--model", str(cfg), "--pretrained", str(ckpt),
+                    "--concepts", str(concepts_file(tmp_path, 2.0))],
+                   {"FSQ_SERVE_HEADER_TIMEOUT": "4", "FSQ_SERVE_BODY_TIMEOUT": "4",
+                    "FSQ_SERVE_MAX_CONNECTIONS": str(cap)}, port)
+    slow: list[socket.socket] = []
+    empty: list[socket.socket] = []
+    try:
+        p.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(slow_n):
+                s = _connect(port)
+                s.sendall(b"POST /validate HTTP/1.1\r\nHost: fsq\r\nContent-Type: image/png"
+                          b"\r\nContent-Length: 100000\r\n\r\n\x89")
+                slow.append(s)
+            for _ in range(empty_n):
+                empty.append(_connect(port))
+        finally:
+            p.send_signal(signal.SIGCONT)
+        answers = [_read_until_closed(s, 15) for s in slow]
+        assert all(data.startswith(b"HTTP/1.1 408") and closed for data, closed in answers), \
+            {d[:40] for d, _ in answers}
+        assert all(_closed_by_server(s, 10) for s in empty)
+        m = metrics(port)
+        assert m['fsq_serve_dropped_total{kind="slow_body"}'] == slow_n
+        assert m['fsq_serve_dropped_total{kind="over_capacity"}'] == slow_n + empty_n - cap
+        assert m['fsq_serve_dropped_total{kind="header_timeout"}'] == cap - slow_n
+        assert post(port, "/validate", png_bytes(48, 40, seed=5), timeout=10)[0] == 200
+    finally:
+        for s in slow + empty:
+            s.close()
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+
+
 def test_body_budget_bounds_bytes_of_bodies_still_arriving():
     b = BodyBudget(10)
     b.take(6)

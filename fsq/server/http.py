@@ -22,6 +22,9 @@ So fsq runs uvicorn with ``GuardedH11Protocol`` (a subclass of uvicorn's h11 pro
   connections. A new connection over the cap evicts the oldest connection that has not sent a
   request yet (then the oldest idle kept-alive one); only when every connection is busy with a
   request is the new one refused. Each eviction or refusal is counted (``over_capacity``).
+  A connection counts as having sent a request as soon as its bytes are in the kernel's
+  receive buffer (FIONREAD), even if the event loop has not read them yet, so a server that
+  lags behind a flood still evicts the connections that sent nothing.
   A flood of half-open connections therefore costs the attacker its own oldest connections,
   never a real upload's slot, and fds stay below the cap.
 * **Body timeout.** ``read_body`` gives the whole body ``body_timeout`` seconds from the end of
@@ -38,8 +41,11 @@ Counters go to ``fsq.server.metrics.Metrics.dropped`` (``fsq_serve_dropped_total
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import resource
+import sys
+import termios
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -176,6 +182,19 @@ class _LingeringTransport:
             self._real.close()
 
 
+def _unread_bytes(transport: Any) -> int:
+    """Bytes the peer sent that sit unread in the socket's receive buffer (FIONREAD); 0 when
+    that cannot be asked (no socket, not Linux-like): then h11's state alone decides."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return int.from_bytes(buf, sys.byteorder, signed=True)
+
+
 def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> type:
     """A uvicorn h11 protocol class with the header timeout and the connection cap above.
     ``count(kind)`` is called with 'header_timeout' or 'over_capacity' for each drop."""
@@ -263,8 +282,14 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
         # -- connection cap --------------------------------------------------------------
 
         def _fsq_idle(self) -> bool:
+            # Idle means: no request in progress as far as h11 knows, *and* no bytes waiting
+            # in the kernel that we have not read yet. The second half matters when the
+            # event loop lags behind a flood (a loaded machine, a pause): every connection
+            # accepted in one go is "IDLE" to h11 until its first read, and the oldest of
+            # them (the ones most likely to carry a real request) would be evicted first.
             return (self.conn.their_state is h11.IDLE
-                    and (self.cycle is None or self.cycle.response_complete))
+                    and (self.cycle is None or self.cycle.response_complete)
+                    and _unread_bytes(self.transport) == 0)
 
         def _fsq_enforce_cap(self) -> None:
             live = [c for c in self.connections
