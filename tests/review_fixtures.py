@@ -159,6 +159,7 @@ def console(q: Quarantine, *, reviewer: str = "alice", **over):
         running.server.should_exit = True
         t.join(30)
         running.sock.close()
+        running.close()
         conn.close()
 
 

@@ -4,13 +4,15 @@ preview ceilings, 404 without decryption, security headers, JSON twins, bulk con
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
 
 from fsq.ledger.db import connect
 from fsq.review import previews
-from tests.review_fixtures import audit_rows, console, quarantined  # noqa: F401
+from tests.fixtures.model import concepts_file
+from tests.review_fixtures import audit_rows, console, quarantined, sharp_jpeg  # noqa: F401
 
 JSON = {"Accept": "application/json"}
 HEADERS = {
@@ -251,3 +253,47 @@ def test_non_loopback_listen_is_refused(quarantined, fsq):  # noqa: F811
     assert r.exit_code == 2 and "--allow-remote" in r.stderr and "TLS" in r.stderr
     r = fsq(["review", "--listen", "lemmy.example:8750"])
     assert r.exit_code == 2
+
+
+def test_a_decode_bomb_in_the_vault_costs_a_worker_its_budget_not_the_console(
+        tmp_path, tiny_model, fsq):  # noqa: F811
+    """Sealed evidence is hostile input too. A CPU bomb quarantined as unreadable
+    (FSQ_UNREADABLE=flag) is previewed through the decode pool: the worker is killed at
+    FSQ_DECODE_SECONDS, the page says there is no preview (422, the decryption audited as not
+    rendered), and the console goes on answering (before: decoded in the console's own
+    process, for as long as the bomb took, holding the console's lock)."""
+    from tests.fixtures.hostile import gif_frame_bomb
+    from tests.review_fixtures import PASS, Quarantine, sha
+    store = tmp_path / "pictrs" / "files"
+    originals = {"00/b0/bomb.gif": gif_frame_bomb(), "01/b1/ok.jpeg": sharp_jpeg(200, 150, 1)}
+    for key, data in originals.items():
+        (store / key).parent.mkdir(parents=True, exist_ok=True)
+        (store / key).write_bytes(data)
+    pw = tmp_path / "pass.txt"
+    pw.write_text(PASS + "\n")
+    pw.chmod(0o600)
+    assert fsq(["init", "--passphrase-file", str(pw)]).exit_code == 0
+    cfg, ckpt = tiny_model
+    budget = {"FSQ_DECODE_SECONDS": "1", "FSQ_DECODE_PIXELS": str(10 ** 13)}
+    env = {"FSQ_SOURCE": f"file://{store}", "FSQ_MODEL": str(cfg), "FSQ_PRETRAINED": str(ckpt),
+           "FSQ_CONCEPTS": str(concepts_file(tmp_path, -1.0)), "FSQ_UNREADABLE": "flag",
+           **budget}
+    r = fsq(["scan", "--all", "--dry-run", "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    assert fsq(["apply"], env=env).exit_code == 0
+    q = Quarantine(store, originals, pw, env, {sha(v): k for k, v in originals.items()})
+    bomb, ok = q.incident_of("00/b0/bomb.gif"), q.incident_of("01/b1/ok.jpeg")
+    with console(q, decode_seconds=1, decode_pixels=10 ** 13) as c:
+        s = logged_in(c)
+        t0 = time.monotonic()
+        r = s.get(c.base + f"/incident/{bomb}/preview?level=0")
+        took = time.monotonic() - t0
+        assert r.status_code == 422 and "budget" in r.text, (r.status_code, r.text[:300])
+        assert took < 1 + 3.5, took       # the budget, its wall-clock grace, the kill
+        assert c.running.pool.stats["budget_cpu"] == 1
+        assert s.get(c.base + "/", headers=JSON).status_code == 200
+        r = s.get(c.base + f"/incident/{ok}/preview?level=0")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert c.running.pool.stats["started"] == 2     # a fresh worker after the kill
+    views = [json.loads(r["details"]) for r in audit_rows("evidence.viewed")]
+    assert [(v["incident"], v["rendered"]) for v in views] == [(bomb, False), (ok, True)]

@@ -108,6 +108,7 @@ class ConsoleOptions:
     grayscale: bool = True
     secure_cookie: bool = False
     max_pixels: int = 64_000_000
+    budget_pixels: int = 1_000_000_000
     export_root: Path = field(default_factory=lambda: Path("exports"))
 
 
@@ -116,7 +117,7 @@ class Console:
 
     def __init__(self, conn: sqlite3.Connection, settings: Any, opts: ConsoleOptions, *,
                  sessions: Sessions, lifecycle: decisions.Lifecycle,
-                 static_dir: Path) -> None:
+                 static_dir: Path, decoder: Any = None) -> None:
         from fsq.reports.render import make_env
         self.conn = conn
         self.settings = settings
@@ -126,6 +127,7 @@ class Console:
         self.env = make_env(getattr(settings, "templates_dir", None))
         self.static = {n: (static_dir / n).read_bytes() for n in STATIC}
         self.lock = threading.Lock()
+        self.decoder = decoder       # DecodePool.decode (previews are hostile input)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -295,7 +297,9 @@ class Console:
                                    vault_for=self.lifecycle.vault_for,
                                    reviewer=self.opts.reviewer, blur=self.opts.blur,
                                    grayscale=self.opts.grayscale,
-                                   max_pixels=self.opts.max_pixels)
+                                   max_pixels=self.opts.max_pixels,
+                                   budget_pixels=self.opts.budget_pixels,
+                                   decoder=self.decoder)
         if not p.blurred:
             s.unblurred_views += 1
         return Response(p.png, media_type="image/png")

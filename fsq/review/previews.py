@@ -20,8 +20,13 @@ level-0 preview is no longer a blurred one and is audited as a view of the file.
 show a strip of their sampled frames (the whole strip within the level's size). Files the
 decoder cannot read (videos today) have no preview; the decryption is still audited.
 
-This module is the one place the review console imports the decoder (fsq.decode is moving to
-fsq.media; adapt the import below only).
+Sealed evidence is hostile input too (a file quarantined as unreadable may be a decode bomb).
+The console therefore decodes through a ``DecodePool`` (``decoder`` below): the same worker
+processes, pixel budget and CPU budget (FSQ_DECODE_SECONDS, then SIGKILL) as the scan, so a
+preview can cost a worker its budget but never stall or grow the console process. Only the
+pure ``render_preview`` without a decoder (tests) decodes in this process.
+
+This module is the one place the review console imports the decoder.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageFilter
 
-from fsq.media import Unreadable, decode  # the ONE decoder import of fsq.review
+from fsq.media import DecodeRequest, Unreadable, decode  # the ONE decoder import of fsq.review
 from fsq.errors import FsqError
 from fsq.ledger import audit
 from fsq.quarantine.release import decrypt_entry
@@ -85,11 +90,19 @@ def is_blurred_view(level: int, *, blur: bool = True) -> bool:
     return level == 0 and blur
 
 
+#: ``decoder(data, request)``: ``DecodePool.decode`` in the console.
+Decoder = Callable[[bytes, DecodeRequest], Any]
+
+
 def render_preview(data: bytes, level: int, *, blur: bool = True, grayscale: bool = True,
-                   max_pixels: int = 64_000_000) -> Preview:
-    """Pure: bytes in, PNG out (raises ``Unreadable`` for what the decoder cannot read)."""
+                   max_pixels: int = 64_000_000, budget_pixels: int = 1_000_000_000,
+                   decoder: Decoder | None = None) -> Preview:
+    """Bytes in, PNG out (raises ``Unreadable`` for what the decoder cannot read, including a
+    file stopped at its decode budget). Without ``decoder`` it decodes in this process."""
     lv = effective(level, blur=blur, grayscale=grayscale)
-    d = decode(data, max_pixels=max_pixels, fit=lv.max_side, max_frames=4)
+    req = DecodeRequest(max_pixels=max_pixels, budget_pixels=budget_pixels, fit=lv.max_side,
+                        max_frames=4)
+    d = decoder(data, req) if decoder is not None else decode(data, req)
     mode = "L" if lv.grayscale else "RGB"
     frames = [fr.convert(mode) for fr in d.frames]
     gap = 4 if len(frames) > 1 else 0
@@ -121,7 +134,8 @@ def live_entry(conn: sqlite3.Connection, incident_id: int) -> sqlite3.Row | None
 def serve_preview(conn: sqlite3.Connection, incident: sqlite3.Row, level: int, *,
                   private_key: Any, vault_for: Callable[[str], Any], reviewer: str,
                   blur: bool = True, grayscale: bool = True,
-                  max_pixels: int = 64_000_000) -> Preview:
+                  max_pixels: int = 64_000_000, budget_pixels: int = 1_000_000_000,
+                  decoder: Decoder | None = None) -> Preview:
     """Decrypt one sealed copy, render ``level`` and append ``evidence.viewed``.
 
     The event is appended after rendering and before the caller sends a byte, so every preview
@@ -138,7 +152,8 @@ def serve_preview(conn: sqlite3.Connection, incident: sqlite3.Row, level: int, *
     base = {"incident": iid, "reviewer": reviewer, "level": level, "entry": entry["id"]}
     try:
         p = render_preview(content, level, blur=blur, grayscale=grayscale,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, budget_pixels=budget_pixels,
+                           decoder=decoder)
     except Unreadable as exc:
         audit.append(conn, "evidence.viewed", f"incident:{iid}",
                      {**base, "blurred": True, "rendered": False, "why": exc.reason[:200]})

@@ -53,6 +53,12 @@ class Running:
     server: Any
     host: str
     port: int
+    pool: Any = None
+
+    def close(self) -> None:
+        """Stop the decode workers (idempotent)."""
+        if self.pool is not None:
+            self.pool.close()
 
     def url(self, token: str) -> str:
         return login_url(self.host, self.port, token)
@@ -76,14 +82,19 @@ def build(conn: sqlite3.Connection, settings: Any, *, lifecycle: Lifecycle, revi
     opts = ConsoleOptions(reviewer=reviewer, idle_seconds=settings.review_idle_minutes * 60.0,
                           blur=settings.review_blur, grayscale=settings.review_grayscale,
                           secure_cookie=allow_remote, max_pixels=settings.max_pixels,
+                          budget_pixels=settings.decode_pixels,
                           export_root=export_root or Path("exports"))
+    # Evidence is decoded in killable worker processes with the scan's budgets (previews.py);
+    # workers start on the first preview.
+    from fsq.media import DecodePool
+    pool = DecodePool(min(2, settings.decode_workers), settings.decode_seconds)
     console = Console(conn, settings, opts, sessions=sessions, lifecycle=lifecycle,
-                      static_dir=static_dir(settings))
+                      static_dir=static_dir(settings), decoder=pool.decode)
     app = console.app(allowed_hosts(host, port, tuple(settings.review_allowed_hosts)))
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
                             server_header=False, ws="none", proxy_headers=False,
                             timeout_keep_alive=30)
-    return Running(console, sock, uvicorn.Server(config), host, port)
+    return Running(console, sock, uvicorn.Server(config), host, port, pool)
 
 
 def run(running: Running) -> None:
@@ -101,3 +112,4 @@ def run(running: Running) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
         running.sock.close()
+        running.close()
