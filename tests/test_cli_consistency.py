@@ -106,3 +106,33 @@ def test_every_group_help_has_an_example_and_the_list_is_not_cut(fsq_proc):
     for name, cmd in cli.commands.items():
         first = cmd.get_short_help_str(limit=1000).split()[-1]
         assert first in listing, (name, first)
+
+
+def test_lifecycle_commands_move_incidents_between_the_consoles_tabs(two_quarantined,
+                                                                    fsq_proc):
+    """`fsq incident mark-reported`, `fsq clear` and `fsq release` from the command line leave
+    the review console's tabs in agreement with the lifecycle (before: the incidents stayed
+    under 'Needs review' until a reviewer decided them again in the console)."""
+    from fsq.ledger.db import connect
+    from fsq.review.queue import counts
+    _, pw = two_quarantined
+
+    def tabs():
+        conn = connect("fsq.db")
+        try:
+            return {k: v for k, v in counts(conn).items() if v and k != "all"}
+        finally:
+            conn.close()
+
+    assert tabs() == {"needs_review": 2}
+    ok = lambda args: fsq_proc(args).returncode == 0  # noqa: E731
+    assert ok(["incident", "mark-reported", "1", "--reference", "CT-7"])
+    assert tabs() == {"needs_review": 1, "reported": 1}
+    assert ok(["clear", "1", "--by", "A. Admin", "--reason", "reviewed", "--passphrase-file",
+               str(pw)])
+    assert tabs() == {"needs_review": 1, "cleared": 1}
+    assert ok(["incident", "mark-reported", "1", "--reference", "CT-8",    # stays cleared
+               "--passphrase-file", str(pw)])
+    assert tabs() == {"needs_review": 1, "cleared": 1}
+    assert ok(["release", "2", "--reason", "a logo", "--passphrase-file", str(pw)])
+    assert tabs() == {"cleared": 1, "false_positive": 1}

@@ -263,9 +263,12 @@ def mark_reported(conn: sqlite3.Connection, incident_id: int, *, reference: str,
     with transaction(conn):
         row = _incident(conn, incident_id)
         _refuse_final(row, "marked reported")
+        # review_state follows from any path (CLI or console), so the console's tabs agree
+        # with the lifecycle (the same mapping as migration 3).
         conn.execute("UPDATE incidents SET reported_at=?, report_reference=?, state=CASE WHEN "
-                     "state='quarantined' THEN 'reported' ELSE state END WHERE id=?",
-                     (iso(at), reference, incident_id))
+                     "state='quarantined' THEN 'reported' ELSE state END, review_state=CASE "
+                     "WHEN review_state='cleared' THEN review_state ELSE 'reported' END "
+                     "WHERE id=?", (iso(at), reference, incident_id))
         details: dict[str, Any] = {"reference": reference, "reported_at": iso(at),
                                    "sha256": row["sha256"], "md5": row["md5"]}
         if row["reported_at"] is not None:
@@ -303,7 +306,7 @@ def clear_incident(conn: sqlite3.Connection, incident_id: int, *, by: str, reaso
             raise UsageError(f"incident {incident_id} is not quarantined, so there is no evidence "
                              "to clear; quarantine it (`fsq apply`) or release it")
         conn.execute("UPDATE incidents SET cleared_at=?, cleared_by=?, clear_reason=?, "
-                     "clear_reference=?, state='cleared' WHERE id=?",
+                     "clear_reference=?, state='cleared', review_state='cleared' WHERE id=?",
                      (iso(now), by, reason, reference, incident_id))
         signed = _sign(signer, lambda s: decisions.sign_clearance(conn, incident_id, s))
         audit.append(conn, "incident.cleared", f"incident:{incident_id}",

@@ -147,8 +147,8 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
         _shred_released(conn, e, vault_for(e["vault"]), reason, result)
     with transaction(conn):
         now = iso()
-        conn.execute("UPDATE incidents SET state='released', released_at=?, release_reason=? "
-                     "WHERE id=?", (now, reason, iid))
+        conn.execute("UPDATE incidents SET state='released', released_at=?, release_reason=?, "
+                     "review_state='false_positive' WHERE id=?", (now, reason, iid))
         # Flagged-but-never-quarantined keys of the same content are cleared too.
         conn.execute("UPDATE objects SET status='released', reason=? WHERE sha256=? AND "
                      "status='flagged'", (f"released: {reason}"[:500], incident["sha256"]))
