@@ -172,11 +172,14 @@ def test_a_lagging_server_never_evicts_a_request_it_has_not_read_yet(
         keys, tiny_model, tmp_path):  # noqa: F811
     """The flood arrives while the server is stopped (SIGSTOP: the kernel completes every
     handshake and queues every byte), so the server meets all of it in one go, before it has
-    read anything. The connections that sent a request are not idle, whatever h11 knows
-    yet: the cap evicts the ones that sent nothing, and every slow body is still answered
-    its 408 (before: the slow bodies were the oldest "never used" connections and were
-    evicted first, their requests unread, which a loaded CI machine hit at random)."""
-    slow_n, empty_n, cap = 20, 60, 50
+    read anything, and h11 sees every connection as idle. In order: 20 slow bodies, 40
+    connections that send nothing, 30 that send half a request head, then a real upload, with
+    a cap of 50. The cap must evict the 40 empty ones and then half-open ones, never a
+    connection whose complete request waits unread: every slow body still gets its 408 and
+    the upload its verdict. (Before: the slow bodies were the oldest "never used"
+    connections and were evicted first, which a loaded CI machine hit at random; treating any
+    unread byte as a request instead closed the real upload, the newest connection.)"""
+    slow_n, empty_n, half_n, cap = 20, 40, 30, 50
     cfg, ckpt = tiny_model
     port = _free_port()
     p = start_proc(["--model", str(cfg), "--pretrained", str(ckpt),
@@ -184,7 +187,8 @@ def test_a_lagging_server_never_evicts_a_request_it_has_not_read_yet(
                    {"FSQ_SERVE_HEADER_TIMEOUT": "4", "FSQ_SERVE_BODY_TIMEOUT": "4",
                     "FSQ_SERVE_MAX_CONNECTIONS": str(cap)}, port)
     slow: list[socket.socket] = []
-    empty: list[socket.socket] = []
+    others: list[socket.socket] = []
+    image = png_bytes(48, 40, seed=4)
     try:
         p.send_signal(signal.SIGSTOP)
         try:
@@ -194,20 +198,32 @@ def test_a_lagging_server_never_evicts_a_request_it_has_not_read_yet(
                           b"\r\nContent-Length: 100000\r\n\r\n\x89")
                 slow.append(s)
             for _ in range(empty_n):
-                empty.append(_connect(port))
+                others.append(_connect(port))
+            for _ in range(half_n):
+                s = _connect(port)
+                s.sendall(b"POST /validate HTTP/1.1\r\nHost: fs")
+                others.append(s)
+            upload = _connect(port)
+            upload.sendall(b"POST /validate HTTP/1.1\r\nHost: fsq\r\nContent-Type: image/png"
+                           b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                           % len(image) + image)
+            others.append(upload)
         finally:
             p.send_signal(signal.SIGCONT)
+        data, closed = _read_until_closed(upload, 15)
+        assert data.startswith(b"HTTP/1.1 200") and b'"ok"' in data, data[:200]
         answers = [_read_until_closed(s, 15) for s in slow]
         assert all(data.startswith(b"HTTP/1.1 408") and closed for data, closed in answers), \
             {d[:40] for d, _ in answers}
-        assert all(_closed_by_server(s, 10) for s in empty)
+        assert all(_closed_by_server(s, 10) for s in others)
         m = metrics(port)
         assert m['fsq_serve_dropped_total{kind="slow_body"}'] == slow_n
-        assert m['fsq_serve_dropped_total{kind="over_capacity"}'] == slow_n + empty_n - cap
-        assert m['fsq_serve_dropped_total{kind="header_timeout"}'] == cap - slow_n
-        assert post(port, "/validate", png_bytes(48, 40, seed=5), timeout=10)[0] == 200
+        over = slow_n + empty_n + half_n + 1 - cap
+        assert m['fsq_serve_dropped_total{kind="over_capacity"}'] == over
+        assert m['fsq_serve_dropped_total{kind="header_timeout"}'] == empty_n + half_n - over
+        assert m['fsq_serve_verdicts_total{verdict="clean"}'] == 1
     finally:
-        for s in slow + empty:
+        for s in slow + others:
             s.close()
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)

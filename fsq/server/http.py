@@ -22,9 +22,9 @@ So fsq runs uvicorn with ``GuardedH11Protocol`` (a subclass of uvicorn's h11 pro
   connections. A new connection over the cap evicts the oldest connection that has not sent a
   request yet (then the oldest idle kept-alive one); only when every connection is busy with a
   request is the new one refused. Each eviction or refusal is counted (``over_capacity``).
-  A connection counts as having sent a request as soon as its bytes are in the kernel's
-  receive buffer (FIONREAD), even if the event loop has not read them yet, so a server that
-  lags behind a flood still evicts the connections that sent nothing.
+  A connection counts as having sent a request as soon as a complete request head is in the
+  kernel's receive buffer (MSG_PEEK), even if the event loop has not read it yet, so a server
+  that lags behind a flood still evicts the half-open connections, never those requests.
   A flood of half-open connections therefore costs the attacker its own oldest connections,
   never a real upload's slot, and fds stay below the cap.
 * **Body timeout.** ``read_body`` gives the whole body ``body_timeout`` seconds from the end of
@@ -41,11 +41,9 @@ Counters go to ``fsq.server.metrics.Metrics.dropped`` (``fsq_serve_dropped_total
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import resource
-import sys
-import termios
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -182,17 +180,35 @@ class _LingeringTransport:
             self._real.close()
 
 
-def _unread_bytes(transport: Any) -> int:
-    """Bytes the peer sent that sit unread in the socket's receive buffer (FIONREAD); 0 when
-    that cannot be asked (no socket, not Linux-like): then h11's state alone decides."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return 0
+#: Most bytes of a not-yet-read request head looked at (h11 refuses larger heads anyway).
+_PEEK_HEAD = 65536
+
+
+def _holds_unread_request(transport: Any) -> bool:
+    """Whether the bytes the peer sent and we have not read yet already hold a complete
+    request head (they end with the blank line), looked at with MSG_PEEK so nothing is
+    consumed. False when nothing is waiting or the socket cannot be asked.
+
+    Why: when the event loop lags behind a flood, many connections are accepted in one go and
+    h11 sees every one as IDLE until its first read. Evicting by h11's state alone would take
+    the oldest of them, which are the ones most likely to carry a real request; a connection
+    whose unread bytes are only the start of a head is a half-open one like any other."""
+    ts = transport.get_extra_info("socket")
+    if ts is None:
+        return False
     try:
-        buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except (OSError, ValueError, AttributeError):
-        return 0
-    return int.from_bytes(buf, sys.byteorder, signed=True)
+        # A second socket object on the same descriptor, detached (never closed) after the
+        # peek: asyncio's own socket object offers no recv().
+        sock = socket.socket(fileno=ts.fileno())
+    except (OSError, ValueError):
+        return False
+    try:
+        head = sock.recv(_PEEK_HEAD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:       # BlockingIOError: nothing waiting
+        return False
+    finally:
+        sock.detach()
+    return b"\r\n\r\n" in head
 
 
 def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> type:
@@ -282,14 +298,10 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
         # -- connection cap --------------------------------------------------------------
 
         def _fsq_idle(self) -> bool:
-            # Idle means: no request in progress as far as h11 knows, *and* no bytes waiting
-            # in the kernel that we have not read yet. The second half matters when the
-            # event loop lags behind a flood (a loaded machine, a pause): every connection
-            # accepted in one go is "IDLE" to h11 until its first read, and the oldest of
-            # them (the ones most likely to carry a real request) would be evicted first.
+            """No request in progress as far as h11 knows (it may still be unread: see
+            _fsq_enforce_cap)."""
             return (self.conn.their_state is h11.IDLE
-                    and (self.cycle is None or self.cycle.response_complete)
-                    and _unread_bytes(self.transport) == 0)
+                    and (self.cycle is None or self.cycle.response_complete))
 
         def _fsq_enforce_cap(self) -> None:
             live = [c for c in self.connections
@@ -298,8 +310,11 @@ def guarded_protocol(limits: ConnectionLimits, count: Callable[[str], None]) -> 
                 return
             idle = [c for c in live if c is not self and c._fsq_idle()]
             # Never-used connections first (a flood of half-open ones), oldest first; a
-            # kept-alive idle connection only after those.
-            victim = min(idle, key=lambda c: (c._fsq_served, c._fsq_since)) if idle else self
+            # kept-alive idle connection only after those. One whose complete request head
+            # waits unread in the kernel is not idle (the loop lagged): it is skipped, which
+            # costs a peek only for the candidates before the victim.
+            idle.sort(key=lambda c: (c._fsq_served, c._fsq_since))
+            victim = next((c for c in idle if not _holds_unread_request(c.transport)), self)
             count("over_capacity")
             victim.transport.close()
 
