@@ -23,13 +23,14 @@ The difference measure, and why it is safe (docs/performance.md "Near-identical 
 * Every skipped frame is compared with a classified frame directly (the nearest one), never
   only with the previous frame: a slow drift cannot chain small steps into a big change,
   every frame is within the bound of something the model saw.
-* The bound is in 8-bit levels per pixel and channel; default 2.0: below what one JPEG save
-  at quality 90-95 does to a textured picture (measured 1.9-5.4 levels by this measure; 1.1-1.7
-  on smooth ones), a change the classifier must tolerate anyway since pict-rs re-encodes
-  uploads and thumbnails. At most ``MAX_BOUND`` (8). Within the bound no block differs by more
-  than bound/255 of full scale on average (a uniform 2-level shift, or about one pixel in 128
-  turned from black to white): no picture can be drawn in that budget, so content that would flag cannot hide
-  behind an innocent first frame: it differs perceptually, in some block, and is classified.
+* The bound is in 8-bit levels per pixel and channel; default 2.0: about the least that one
+  JPEG save at quality 90-95 changes a textured picture by this measure (measured 1.9-5.4
+  levels; 1.1-1.7 on smooth ones), a change the classifier must tolerate anyway since pict-rs
+  re-encodes uploads and thumbnails. At most ``MAX_BOUND`` (8). Within the bound no block
+  differs by more than bound/255 of full scale on average (a uniform 2-level shift, or about
+  one pixel in 128 turned from black to white; one pixel in a block is already ~4): no
+  picture can be drawn in that budget, so content that would flag cannot hide behind an
+  innocent first frame: it differs perceptually, in some block, and is classified.
 * 0 turns it off: nothing is compared and every sampled frame is classified, as before.
 
 A skipped frame takes the decision of the frame it matched: ``FramePlan.expand`` rewrites the
