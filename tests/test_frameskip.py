@@ -87,6 +87,25 @@ def test_innocent_first_frame_does_not_cover_different_frames():
     assert set(p.same_as.values()) == {1}
 
 
+def test_frames_with_equal_block_means_cost_bounded_work(monkeypatch):
+    """A hostile file whose frames all pass the cheap lower bound (same block means, different
+    fine texture): at most MAX_CANDIDATES exact measures per frame, and all are classified."""
+    rng = np.random.default_rng(6)
+    base = picture(6) * 0.5 + 60
+    checker = np.indices((8, 8)).sum(axis=0) % 2 * 2 - 1.0   # zero-sum in every block
+    frames = []
+    for _ in range(48):
+        phase = rng.choice([-1.0, 1.0], (8, 8))                 # per block, per frame
+        tex = np.kron(phase, checker) * 20
+        frames.append(model_input(base + tex[None]))
+    calls = []
+    real = frameskip._exact
+    monkeypatch.setattr(frameskip, "_exact", lambda *a: calls.append(1) or real(*a))
+    p = frameskip.plan(frames, BOUND, SCALE)
+    assert p is not None and p.kept == list(range(48)) and not p.same_as
+    assert 0 < len(calls) <= frameskip.MAX_CANDIDATES * 48
+
+
 def test_off_or_not_applicable_means_every_frame():
     a = model_input(picture(5))
     assert frameskip.plan([a, a], 0) is None

@@ -20,9 +20,10 @@ The difference measure, and why it is safe (docs/performance.md "Near-identical 
   one ViT patch, 14-32 px) shows at full strength in the blocks it covers instead of being
   averaged over the picture. The absolute value is taken before the mean, so fine-grained
   changes cannot cancel out inside a block (a difference of block means could be fooled).
-* Every skipped frame is compared with a classified frame directly (the nearest one), never
-  only with the previous frame: a slow drift cannot chain small steps into a big change,
-  every frame is within the bound of something the model saw.
+* Every skipped frame is compared with the classified frames directly (the nearest one among
+  the few a cheap lower bound ranks closest, ``MAX_CANDIDATES``), never only with the previous
+  frame: a slow drift cannot chain small steps into a big change, every skipped frame is
+  within the bound of something the model saw. The work per file stays linear in its frames.
 * The bound is in 8-bit levels per pixel and channel; default 2.0: about the least that one
   JPEG save at quality 90-95 changes a textured picture by this measure (measured 1.9-5.4
   levels; 1.1-1.7 on smooth ones), a change the classifier must tolerate anyway since pict-rs
@@ -50,6 +51,7 @@ import numpy as np
 BLOCK = 8           # block edge, pixels of the model input
 DEFAULT_BOUND = 2.0  # FSQ_FRAME_SKIP default, 8-bit levels
 MAX_BOUND = 8.0      # the setting refuses more (see the module docstring)
+MAX_CANDIDATES = 4   # kept frames measured exactly per frame (plan: bounded work)
 MEASURE = f"max over {BLOCK}x{BLOCK} blocks of the model input of the mean |difference|, " \
           "8-bit levels"
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -150,6 +152,11 @@ def difference(a: Any, b: Any, scale: np.ndarray | None = None) -> float:
     return float(d.max())
 
 
+def _exact(lv: np.ndarray, other: np.ndarray, counts: np.ndarray) -> float:
+    """The measure between two frames already in levels (``counts``: pixels per block)."""
+    return float((_block_sums(np.abs(lv - other)).sum(axis=0) / (3 * counts)).max())
+
+
 def plan(frames: Sequence[Any], bound: float, scale: np.ndarray | None = None
          ) -> FramePlan | None:
     """Choose the frames to classify. None when skipping is off (``bound`` <= 0), there is
@@ -157,7 +164,11 @@ def plan(frames: Sequence[Any], bound: float, scale: np.ndarray | None = None
 
     Frame i is skipped when its difference from the nearest kept frame is < ``bound``. A
     cheap lower bound (per-channel block means: |mean(a - b)| <= mean|a - b|) rules most
-    kept frames out before the exact measure is computed, so distinct frames cost little."""
+    kept frames out before the exact measure is computed, so distinct frames cost little.
+    The exact measure runs on at most ``MAX_CANDIDATES`` kept frames per frame (those with
+    the smallest lower bounds): a hostile file whose frames all share their block means
+    cannot make this quadratic; a frame not matched among them is classified (the safe
+    side), so every skipped frame is still within the bound of a kept one."""
     if not bound or bound <= 0 or len(frames) < 2:
         return None
     arrays = [_as_input(f) for f in frames]
@@ -176,9 +187,9 @@ def plan(frames: Sequence[Any], bound: float, scale: np.ndarray | None = None
         if kept_means:
             lower = np.abs(np.stack(kept_means) - means).mean(axis=1).max(axis=(1, 2))
             best, best_d = -1, float("inf")
-            for r in np.flatnonzero(lower < bound):
-                d = float((_block_sums(np.abs(lv - kept_levels[r])).sum(axis=0)
-                           / (3 * counts)).max())
+            near = np.flatnonzero(lower < bound)
+            for r in near[np.argsort(lower[near], kind="stable")][:MAX_CANDIDATES]:
+                d = _exact(lv, kept_levels[r], counts)
                 if d < best_d:
                     best, best_d = int(r), d
             if best >= 0 and best_d < bound:
