@@ -588,6 +588,9 @@ def report(result: dict[str, Any]) -> str:
                       f"{r['severity']}): {r['objects_per_s']:.0f} objects/s ({r['seconds']:.2f}"
                       f" s, {r['newly_flagged']} newly flagged, {r['images_decoded']} images "
                       "decoded; target >= 20000 objects/s)"]
+    if result.get("animations"):
+        from fsq import bench_frames
+        lines += [""] + bench_frames.report(result["animations"])
     t = targets(result["models"], result.get("rescan"))
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
@@ -616,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rescore-objects", type=int, default=0,
                    help="`fsq rescore` over N synthetic stored embeddings (fsq.bench_rescore), "
                         "0 = skip [0]")
+    p.add_argument("--animations", type=int, default=0,
+                   help="near-identical frames: a store of N 100-frame animations scanned "
+                        "with FSQ_FRAME_SKIP at its default and at 0 (fsq.bench_frames), "
+                        "0 = skip [0]")
+    p.add_argument("--animation-model", default="tiny",
+                   help="model for --animations (frame counts do not depend on it) [tiny]")
     p.add_argument("--batch-size", type=int, default=8, help="model batch size [8]")
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
@@ -692,6 +701,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rescore: {args.rescore_objects} stored embeddings ...", file=sys.stderr,
                   flush=True)
             result["rescore"] = bench_rescore.run(work, args.rescore_objects)
+        if args.animations:
+            from fsq import bench_frames
+            print(f"near-identical frames: {args.animations} animations, two passes ...",
+                  file=sys.stderr, flush=True)
+            result["animations"] = bench_frames.run(
+                work, args.animations, *model_files(args.animation_model, cache),
+                batch_size=args.batch_size, threads=args.threads)
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -85,6 +85,18 @@ def _float_min(minimum: float) -> Callable[[str], float]:
     return parse
 
 
+def _float_range(lo: float, hi: float) -> Callable[[str], float]:
+    at_least = _float_min(lo)
+
+    def parse(value: str) -> float:
+        n = at_least(value)
+        if n > hi:
+            raise ValueError(f"must be at most {hi}")
+        return n
+
+    return parse
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         v = value.strip().lower()
@@ -180,6 +192,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_frames", 32, _int_min(1),
       "Frames sampled from one animation or video, spread over all its frames / its whole "
       "duration (a file flags if any sampled frame flags).", "32", group="scan"),
+    S("frame_skip", 2.0, _float_range(0.0, 8.0),
+      "Near-identical frames: a sampled frame whose difference from an already classified "
+      "frame of the same file is below this is not classified again and takes that frame's "
+      "verdict (recorded). Difference: the largest mean absolute difference of any 8x8 block "
+      "of the model's input, in 8-bit levels (0-255). 0 = classify every sampled frame; at "
+      "most 8.", "2", group="scan"),
     S("max_video_seconds", 3600, _int_min(1),
       "Videos declaring a longer duration (or more frames than that at their frame rate) are "
       "unreadable, checked before any frame is decoded.", "3600", group="scan"),

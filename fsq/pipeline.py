@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from typing import AbstractSet, Any, Callable, Protocol
 
+from fsq.classify import frameskip
 from fsq.errors import FsqError, UsageError
 from fsq.media import Decoded, DecodeRequest, Unreadable, decode, hashes, sniff
 from fsq.ledger import audit, state
@@ -117,6 +118,7 @@ class ScanConfig:
     decode_seconds: float = 10.0       # CPU budget of one file
     decode_pixels: int = 1_000_000_000  # pixel budget of one file (screen x frames walked)
     max_frames: int = 32               # frames sampled from an animation or video
+    frame_skip: float = 2.0            # near-identical frames not classified again (0 = off)
     max_video_seconds: int = 3600      # longer videos are unreadable (checked before decoding)
     appended_data: str = "flag"        # flag | record: data past a file's real end
     mode: str = "all"                  # all | daemon
@@ -277,7 +279,8 @@ class Scanner:
             item.decoded.frames = []
             return item
         clf = self.classifier
-        item.tensors = [clf.preprocess(f) for f in item.decoded.frames]
+        item.tensors = frameskip.preprocess_frames(clf.preprocess, item.decoded,
+                                                   self.cfg.frame_skip, clf)
         item.decoded.frames = []  # free the PIL frames; tensors are what we keep
         return item
 
@@ -596,6 +599,9 @@ def clip_verdict(decision: Any, frame: int, d: Decoded, model_id: str, cfg: Scan
     frame) and did not flag on what was examined is not 'clean' but unreadable. Data past the
     file's real end (``d.appended``) flags it under ``cfg.appended_data == 'flag'`` even when
     no frame does (method ``container``); its embedded images are among the frames."""
+    plan = getattr(d, "frame_plan", None)
+    if plan is not None:  # near-identical frames took the decision of the frame they matched
+        frame = plan.expand(decision, frame)
     details = decision.to_json()
     details["frame"] = d.sampled[frame] if d.sampled else frame
     details["frames_sampled"] = d.sampled
@@ -606,6 +612,8 @@ def clip_verdict(decision: Any, frame: int, d: Decoded, model_id: str, cfg: Scan
         # Which frames fired (label, timestamp for video) and how close each one came.
         details["frames"] = [{**f, "label": d.labels[f["index"]] if f["index"] < len(d.labels)
                               else None} for f in per_frame]
+    if plan is not None:
+        details["frame_skip"] = plan.to_json()
     details.update(d.facts())
     reason = _reason(decision)
     if d.truncated:

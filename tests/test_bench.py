@@ -103,6 +103,19 @@ def test_bench_rescore_of_stored_embeddings(tmp_path, capsys):
     assert "rescore of 3000 stored embeddings" in _run(capsys, *args)
 
 
+def test_bench_near_identical_animations(tmp_path, capsys):
+    """`--animations`: 100-frame animations scanned with the frame skip and with 0."""
+    args = ["--models", "", "--rescan-objects", "0", "--animations", "3",
+            "--workdir", str(tmp_path), "--in-process"]
+    r = json.loads(_run(capsys, *args, "--json"))["animations"]
+    assert r["off"]["frames_per_file"] == 32 and r["skip"]["frame_skip"] == 2.0
+    assert r["skip"]["frames_per_file"] <= 0.2 * 32 and r["same_verdicts"]
+    assert r["skipped_frames"] > 0 and r["skipped_sim_delta_max"] < 0.01
+    from fsq import bench_frames
+    out = "\n".join(bench_frames.report(r))
+    assert "frames classified per file" in out and "verdicts identical" in out
+
+
 def test_bench_ort_int8_mode(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     args = ["--models", "tiny", "--images", "3", "--rescan-objects", "0", "--modes",

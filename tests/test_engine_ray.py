@@ -179,6 +179,34 @@ def test_s3_store_same_verdicts_as_local_engine(ray_cluster, tmp_path, fsq, tiny
     _audit_ok(fsq, "ray.db")
 
 
+def test_near_identical_frames_skipped_on_ray_as_locally(ray_cluster, tmp_path, fsq,
+                                                       tiny_model):
+    """Issue 20: the skip is decided where the frames are preprocessed (the Ray decode task),
+    so only the frames to classify travel to the actor, and the verdicts equal the local
+    engine's, skip records included."""
+    from fsq.bench_frames import animation
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "still.png").write_bytes(animation("still", seed=1, size=(96, 72)))
+        (tmp_path / d / "cut.png").write_bytes(animation("cut", seed=2, size=(96, 72)))
+    _init(fsq, tmp_path)
+    concepts = concepts_file(tmp_path, 1.5)  # nothing flags
+    for d, engine in (("a", "local"), ("b", "ray")):
+        s = _scan(fsq, f"file://{tmp_path / d}", f"{engine}.db", f"file://./vault-{engine}",
+                  engine, tiny_model, concepts)
+        assert s["classified"] == 2 and s["clean"] == 2, s
+    assert _statuses("local.db") == _statuses("ray.db")
+    skips = []
+    for db in ("local.db", "ray.db"):
+        conn = connect(db)
+        skips.append({r["key"]: json.loads(r["details"])["frame_skip"] for r in conn.execute(
+            "SELECT o.key, v.details FROM objects o JOIN verdicts v ON v.id = o.verdict_id")})
+        conn.close()
+    assert skips[0] == skips[1]
+    assert skips[1]["still.png"]["summary"] == "32 sampled, 1 classified, 31 near-identical"
+    assert skips[1]["cut.png"]["classified"] == 2
+
+
 # --- actor death ---------------------------------------------------------------------------
 
 def _scanner(tmp_path: Path, tiny_model, store: Path, engine):

@@ -94,8 +94,12 @@ def decode_prepare(cfg: Any, pre: Any, data: bytes) -> tuple[dict[str, Any], Any
     decoded, verdict = decode_or_verdict(data, cfg, _decoder(cfg.decode_seconds))
     if verdict is not None:
         return {"verdict": verdict}, None
+    from fsq.classify import frameskip
     frames, _ = signals.check_decoded(None, decoded)  # banks are matched by the coordinator
-    tensors = [pre.preprocess_array(f) for f in decoded.frames]
+    # Near-identical frames are left out here, so only the frames to classify travel; the
+    # plan goes back with ``decoded`` (fsq.pipeline.clip_verdict expands the decision).
+    tensors = frameskip.preprocess_frames(pre.preprocess_array, decoded,
+                                          getattr(cfg, "frame_skip", 0.0), pre)
     decoded.frames = []
     return {"decoded": decoded, "pdq": frames, "n": len(tensors)}, tensors
 

@@ -86,6 +86,9 @@ class Decoded:
     # fsq.media.container facts when the file carries data past its real end.
     appended: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # Which frames go to the model (fsq.classify.frameskip.FramePlan), set where the frames are
+    # preprocessed; None = every frame (FSQ_FRAME_SKIP=0, or a single frame).
+    frame_plan: Any = None
 
     def facts(self) -> dict[str, Any]:
         """What the verdict records beside the classifier's scores."""

@@ -70,6 +70,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsq.classify import frameskip
 from fsq.media import Decoded, Unreadable, hashes, sniff
 from fsq.errors import ConfigError, UsageError
 from fsq.ledger import state
@@ -448,7 +449,8 @@ class Validator:
         if it.verdict is not None:  # a hash bank decided: no model
             it.decoded.frames = []
             return
-        it.tensors = [self.classifier.preprocess(f) for f in it.decoded.frames]
+        it.tensors = frameskip.preprocess_frames(self.classifier.preprocess, it.decoded,
+                                                 self.cfg.frame_skip, self.classifier)
         it.decoded.frames = []
 
     def _conclude(self, it: _Item) -> None:
