@@ -626,8 +626,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a store of N originals with 2 pict-rs variants each and its repo rows "
                         "in a throwaway PostgreSQL: objects/s with variant linkage vs files/s "
                         "without (fsq.bench_variants), 0 = skip [0]")
-    p.add_argument("--variants-model", default="ViT-B-32",
-                   help="model of the --variants-store passes (or tiny) [ViT-B-32]")
+    p.add_argument("--variants-model", default="ViT-L-14",
+                   help="model of the --variants-store passes: fsq's default ViT-L-14, another "
+                        "open_clip architecture, or tiny [ViT-L-14]")
     p.add_argument("--batch-size", type=int, default=8, help="model batch size [8]")
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
