@@ -257,3 +257,19 @@ def test_ambiguous_repo_rows_give_no_link():
     assert set(links) == {"x/1.png", "files/x/5.png"}
     assert links["x/1.png"].original_sha256 == ORIG and links["x/1.png"].derived
     assert links["files/x/5.png"].role == "motion"
+
+
+def test_rescan_variants_wait_for_their_originals_new_verdict(site, fsq, tmp_path):
+    """Under --rescan a variant never takes the verdict its original had before the pass:
+    A was clean; now A is in the hash list, and its variants (listed before A) follow it."""
+    _, env = site
+    scan(fsq, env, "--dry-run")
+    listed = tmp_path / "bad2.txt"
+    listed.write_text(sha(ORIGINALS[A]) + "\n")
+    s = scan(fsq, {**env, "FSQ_HASH_LISTS": str(listed)}, "--dry-run", "--rescan")
+    v = verdicts()
+    assert v[A]["method"] == "hash-list"
+    for key in (A1, A2):
+        assert (v[key]["method"], v[key]["outcome"]) == ("variant-of", "flagged"), key
+        assert v[key]["details"]["original_verdict"] == v[A]["id"]
+    assert s["inherited"] == 5, s
