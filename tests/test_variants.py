@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-from pathlib import Path
 
 import psycopg
 import pytest
