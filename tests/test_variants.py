@@ -272,3 +272,24 @@ def test_rescan_variants_wait_for_their_originals_new_verdict(site, fsq, tmp_pat
         assert (v[key]["method"], v[key]["outcome"]) == ("variant-of", "flagged"), key
         assert v[key]["details"]["original_verdict"] == v[A]["id"]
     assert s["inherited"] == 5, s
+
+
+def test_rescore_flags_the_variants_of_an_original_it_flags(site, fsq, tmp_path):
+    """`fsq rescore` re-decides originals from their stored embeddings; the variants that had
+    inherited the clean verdict follow it into its incident and are quarantined with it."""
+    store, env = site
+    scan(fsq, env)                                   # A clean (model), A1/A2 inherit clean
+    r = fsq(["rescore", "--concepts", str(concepts_file(tmp_path, -1.0)), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    v = verdicts()
+    assert v[A]["method"] == "rescore"
+    conn = connect("fsq.db")
+    inc = conn.execute("SELECT * FROM incidents WHERE sha256=?", (sha(ORIGINALS[A]),)
+                       ).fetchone()
+    entries = {e["key"] for e in conn.execute("SELECT key FROM vault_entries WHERE "
+                                              "incident_id=? AND state='done'", (inc["id"],))}
+    conn.close()
+    for key in (A1, A2):
+        assert (v[key]["method"], v[key]["outcome"]) == ("variant-of", "flagged"), key
+        assert v[key]["details"]["original_verdict"] == v[A]["id"]
+    assert {A, A1, A2} <= entries and not (store / A1).exists()

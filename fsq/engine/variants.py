@@ -295,3 +295,41 @@ class VariantPlanner:
             self._released.extend(items)
         self._waiting.clear()
         return bool(self._released)
+
+
+def flag_derived(conn: sqlite3.Connection, source: str, originals: set[str], *,
+                 origin: str, audit_details: dict[str, Any]) -> list[str]:
+    """Originals just flagged without a scan (`fsq rescore`): the files of ``source`` that had
+    inherited a clean verdict from one of them are flagged with it now, into its incident
+    (their link as their verdict recorded it: trusting it can only flag more). Returns their
+    keys, for the caller to quarantine like `fsq apply`. Inside the caller's transaction."""
+    from fsq.lemmy.variants import Link
+    if not originals:
+        return []
+    parents: dict[str, Parent | None] = {}
+    keys: list[str] = []
+    rows = conn.execute(
+        "SELECT o.id, o.key, o.sha256, o.md5, o.size, o.media_type, v.details FROM objects o "
+        "JOIN verdicts v ON v.id = o.verdict_id WHERE o.source = ? AND o.status = 'clean' "
+        "AND v.method = ? AND v.outcome = 'clean'", (source, METHOD)).fetchall()
+    for r in rows:
+        d = _details(r)
+        orig = d.get("original_sha256")
+        if orig not in originals or not r["sha256"]:
+            continue
+        if orig not in parents:
+            parents[orig] = original_decision(conn, orig)
+        parent = parents[orig]
+        if parent is None or parent.outcome != "flagged":
+            continue
+        link = Link(key=r["key"], role="motion" if d.get("role") == "motion" else "variant",
+                    identifier=str(d.get("identifier") or r["key"]),
+                    original_identifier=str(d.get("original_identifier") or "?"),
+                    original_sha256=orig, pictrs_hash=str(d.get("pictrs_hash") or ""),
+                    variant=d.get("variant") if isinstance(d.get("variant"), str) else None)
+        v = inherited_verdict(None, parent, link, lambda: r["media_type"])
+        record_inherited(conn, object_id=int(r["id"]), sha256=r["sha256"], md5=r["md5"],
+                         size=int(r["size"] or 0), verdict=v, origin=origin,
+                         audit_details={**audit_details, "key": r["key"]})
+        keys.append(r["key"])
+    return keys
