@@ -218,9 +218,11 @@ def run(work: Path, n: int, *, model: str, pretrained: str, batch_size: int, wor
             return None
         seed_repo(url, items)
         best: dict[str, dict[str, Any]] = {}
-        for _ in range(rounds):
-            for label, extra in (("off", {"variant_linkage": "off"}),
-                                 ("linked", {"pictrs_database_url": url})):
+        passes = [("off", {"variant_linkage": "off"}), ("linked", {"pictrs_database_url": url})]
+        for i in range(rounds):
+            # Alternate the order, so that a load that drifts during the run (a shared machine)
+            # does not always favour the same pass.
+            for label, extra in (passes if i % 2 == 0 else passes[::-1]):
                 print(f"variants: pass {label} ...", file=sys.stderr, flush=True)
                 r = _pass(work, store, label, {**base, **extra})
                 if label not in best or r["per_s"] > best[label]["per_s"]:

@@ -22,7 +22,8 @@ FSQ_VARIANT_LINKAGE=auto) the scanner (fsq.pipeline.Scanner) uses a ``VariantPla
   recorded in ``incident_content`` and their bytes are sealed into the same incident (they are
   evidence). A peer's review-only flag stays review-only for them too. ``--dry-run`` records
   the same verdicts and memberships and moves nothing; `fsq apply` later seals them into the
-  original's incident.
+  original's incident. When `fsq rescore` flags an original, the files that had inherited its
+  clean verdict are flagged with it (``flag_derived``).
 
 What a derived file never inherits (the state database may have been written by an attacker,
 so what it inherits must be a real decision and traceable):
