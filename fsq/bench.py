@@ -3,6 +3,7 @@
     python -m fsq.bench                                   # ViT-B-32 and ViT-L-14, 200 images
     python -m fsq.bench --quick                           # a smoke run in about a minute
     python -m fsq.bench --models ViT-L-14 --images 5000 --modes e2e   # peak RSS on a big store
+    python -m fsq.bench --models '' --rescan-objects 0 --variants-store 60   # pict-rs variants
 
 It builds a synthetic pict-rs store (fsq.synth: JPEG, PNG, WebP and 3-frame animated GIF,
 0.3 to 2 megapixels, pict-rs 0.5 key layout) and, for each model, measures in one run:
@@ -591,6 +592,11 @@ def report(result: dict[str, Any]) -> str:
     if result.get("animations"):
         from fsq import bench_frames
         lines += [""] + bench_frames.report(result["animations"])
+    if result.get("variants"):
+        from fsq import bench_variants
+        v = result["variants"]
+        lines += [""] + ([f"variant store: skipped ({v['skipped']})"] if "skipped" in v
+                         else bench_variants.report(v))
     t = targets(result["models"], result.get("rescan"))
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
@@ -625,6 +631,13 @@ def main(argv: list[str] | None = None) -> int:
                         "0 = skip [0]")
     p.add_argument("--animation-model", default="tiny",
                    help="model for --animations (frame counts do not depend on it) [tiny]")
+    p.add_argument("--variants-store", type=int, default=0,
+                   help="a store of N originals with 2 pict-rs variants each and its repo rows "
+                        "in a throwaway PostgreSQL: objects/s with variant linkage vs files/s "
+                        "without (fsq.bench_variants), 0 = skip [0]")
+    p.add_argument("--variants-model", default="ViT-L-14",
+                   help="model of the --variants-store passes: fsq's default ViT-L-14, another "
+                        "open_clip architecture, or tiny [ViT-L-14]")
     p.add_argument("--batch-size", type=int, default=8, help="model batch size [8]")
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
@@ -708,6 +721,14 @@ def main(argv: list[str] | None = None) -> int:
             result["animations"] = bench_frames.run(
                 work, args.animations, *model_files(args.animation_model, cache),
                 batch_size=args.batch_size, threads=args.threads)
+        if args.variants_store:
+            from fsq import bench_variants
+            model, pretrained = model_files(args.variants_model, cache)
+            result["variants"] = bench_variants.run(
+                work, args.variants_store, model=model, pretrained=pretrained,
+                batch_size=args.batch_size, workers=args.workers, threads=args.threads,
+                precision=args.precision, backend=args.backend, rounds=args.rounds) or {
+                "skipped": "no PostgreSQL server to hold the pict-rs repo rows"}
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -226,6 +226,11 @@ SETTINGS: tuple[Setting, ...] = (
       "How `fsq scan` executes a pass: local (threads of this host) or ray (fetch, decode and "
       "classify on a Ray cluster; pip install 'fsq[ray]'; docs/scale.md).", "local",
       group="scan"),
+    S("variant_linkage", "auto", _choice("auto", "off"),
+      "pict-rs variants (thumbnails, resizes) and motion files take their original's verdict "
+      "instead of being classified, and are quarantined into the original's incident when it "
+      "is flagged: auto = when FSQ_PICTRS_DATABASE_URL is set (the repo says which file is "
+      "which); off = classify every file.", "auto", group="scan"),
     S("ray_address", None, _opt_str,
       "Ray cluster to join with FSQ_ENGINE=ray (host:6379, or auto); empty = start a Ray "
       "instance on this host for the pass.", "", group="scan"),

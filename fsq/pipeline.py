@@ -67,6 +67,7 @@ class Summary:
     errors: int = 0
     classified: int = 0       # went through the model
     reused: int = 0           # identical content already had a verdict
+    inherited: int = 0        # a pict-rs variant/motion file took its original's verdict
     quarantined: int = 0
     quarantine_failed: int = 0
     stale: int = 0            # decided under other decision settings (fsq.ledger.stale)
@@ -154,6 +155,11 @@ class _Item:
     # the bytes stayed on the worker, so ``data`` is None and these say what it read.
     size: int | None = None
     classified: bool = False
+    # pict-rs variant linkage (fsq.engine.variants): what the repo said about this key, the
+    # original's decision it inherits, and whether it already waited for its original.
+    link: Any = None
+    parent: Any = None
+    deferred: bool = False
 
 
 def load_hash_lists(paths: tuple[str, ...]) -> dict[str, str]:
@@ -183,7 +189,8 @@ class Scanner:
                  classifier_factory: Callable[[], Classifier],
                  actor: Actor | None = None,
                  progress: Callable[[Summary, int | None], None] | None = None,
-                 db_path: str | None = None, engine: Any = None) -> None:
+                 db_path: str | None = None, engine: Any = None,
+                 variants: Any = None) -> None:
         self.conn = conn
         self.source = source
         self.cfg = config
@@ -203,6 +210,9 @@ class Scanner:
             from fsq.engine.local import LocalEngine
             engine = LocalEngine()
         self.engine = engine
+        # Variants and motion files take their original's verdict (fsq.engine.variants.
+        # VariantPlanner); None = every file is classified.
+        self.variants = variants
 
     # -- classifier (loaded on first need: a rescan of an unchanged store never loads it) ----
 
@@ -255,18 +265,26 @@ class Scanner:
             self._local.conn = c
         return c
 
-    def _prepare(self, item: _Item) -> _Item:
-        """Runs on a worker thread: fetch, hash, cheap checks, decode, preprocess."""
+    def _fetch(self, item: _Item) -> bool:
+        """Any thread: read and hash the object; False (``item.error`` set) if it failed."""
         try:
             data = self.source.read(item.info.key, max_bytes=self.cfg.max_bytes)
         except ObjectError as exc:
             item.error = exc.reason
-            return item
+            return False
         except UsageError as exc:  # the source refused the key itself: this object only
             item.error = f"key refused: {exc.message}"
-            return item
+            return False
         item.data = data
         item.sha256, item.md5 = hashes(data)
+        return True
+
+    def _prepare(self, item: _Item) -> _Item:
+        """Runs on a worker thread: fetch, hash, cheap checks, decode, preprocess."""
+        if not self._fetch(item):
+            return item
+        data = item.data
+        assert data is not None
         self._early_verdict(item, lambda: sniff(data))
         if item.verdict is not None:
             return item
@@ -322,25 +340,35 @@ class Scanner:
             # Inside the try: an engine that cannot start (a Ray cluster out of reach) ends
             # the run as failed, with its reason, not as 'running' forever.
             engine.start(self)
+            if self.variants is not None:
+                self.variants.start(self)
             limit = engine.limit()  # objects in flight: memory stays flat on any listing
-            for info in self._listing(since):
+            for info, link in self._linked(self._listing(since)):
                 if self._stop.is_set():
                     status = "interrupted"
                     break
                 s.listed += 1
                 item = self._admit(info, s, run_id, stale_ids)
                 if item is not None:
-                    inflight.append(engine.submit(item))
+                    item.link = link
+                    self._submit(item, inflight)
                 while inflight and (len(inflight) >= limit or inflight[0].done()):
                     ready.append(self._result(inflight.popleft()))
                     ready = self._drain(ready, s, final=False)
+                    self._resubmit(inflight)
                 self._commit()  # before the next listing step, which may wait on the network
                 if self.progress:
                     self.progress(s, None)
-            while inflight:
-                ready.append(self._result(inflight.popleft()))
-                ready = self._drain(ready, s, final=False)
-            self._drain(ready, s, final=True)
+            while True:
+                if inflight:
+                    ready.append(self._result(inflight.popleft()))
+                    ready = self._drain(ready, s, final=False)
+                elif ready:
+                    ready = self._drain(ready, s, final=True)
+                elif (self.variants is None or self._stop.is_set()
+                      or not self.variants.flush()):
+                    break  # (variants still waiting after a stop stay pending: next pass)
+                self._resubmit(inflight)
             self._end_group()
             if status == "finished":
                 with transaction(self.conn):
@@ -353,6 +381,8 @@ class Scanner:
             raise
         finally:
             engine.close()
+            if self.variants is not None:
+                self.variants.close()
             self._end_group()
             s.status = status
             s.seconds = time.monotonic() - t0
@@ -363,6 +393,27 @@ class Scanner:
             if self.progress:
                 self.progress(s, s.listed)
         return s
+
+    def _linked(self, infos):
+        """(info, pict-rs link or None): the variant planner asks the repo once per batch."""
+        if self.variants is None:
+            return ((info, None) for info in infos)
+        return self.variants.listing(infos)
+
+    def _submit(self, item: _Item, inflight: deque) -> None:
+        """Hand an admitted object to the engine, or, for a pict-rs variant or motion file,
+        to the variant planner (inherit its original's decision, or wait for it)."""
+        how = self.variants.route(item) if self.variants is not None else "scan"
+        if how == "inherit":
+            inflight.append(self.variants.submit(item))
+        elif how == "scan":
+            inflight.append(self.engine.submit(item))
+
+    def _resubmit(self, inflight: deque) -> None:
+        """Variants whose original was just recorded (or, at the end, still waiting)."""
+        if self.variants is not None:
+            for item in self.variants.take():
+                self._submit(item, inflight)
 
     def _listing(self, since: float | None):
         for info in self.source.list():
@@ -457,7 +508,13 @@ class Scanner:
         assert v is not None and it.sha256 is not None and it.md5 is not None
         if v.method == "cache":
             s.reused += 1
-        vid, incident_id = record_verdict(
+        recorder = record_verdict
+        if self.variants is not None:
+            from fsq.engine.variants import METHOD, record_inherited
+            if v.method == METHOD:
+                s.inherited += 1
+                recorder = record_inherited  # a flagged one joins the original's incident
+        vid, incident_id = recorder(
             self.conn, object_id=it.object_id, sha256=it.sha256, md5=it.md5,
             size=len(it.data) if it.data is not None else (it.size or 0), verdict=v,
             audit_details={"source": self.source.url, "key": key,
@@ -510,6 +567,8 @@ class Scanner:
                                        "reason": exc.reason})
                     log.warning("could not quarantine %s: %s", display_key(key), exc.reason)
         it.data = None
+        if self.variants is not None:
+            self.variants.recorded(it.sha256)  # its waiting variants may go now
 
     def _reread(self, it: _Item) -> bytes:
         """The bytes of an object prepared elsewhere (fsq.engine.ray_engine: they stayed on the

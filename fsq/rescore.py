@@ -187,6 +187,14 @@ def rescore(conn: sqlite3.Connection, source: str, *, model_id: str, cs: Concept
                                origin="rescore")
                 res.flagged += 1
                 res.flagged_keys.append(key)
+            # pict-rs variants and motion files that inherited these originals' clean verdict
+            # are flagged with them, into their incidents (fsq.engine.variants).
+            from fsq.engine.variants import flag_derived
+            derived = flag_derived(conn, source, {sha for _, sha, _, _ in changed},
+                                   origin="rescore", audit_details={
+                                       "source": source, "rescore": True, "dry_run": dry_run})
+            res.flagged += len(derived)
+            res.flagged_keys.extend(derived)
     res.seconds = time.monotonic() - t0
     audit.append(conn, "rescore", f"source:{source}",
                  {"model_id": model_id, "concepts": cs.name, "concepts_digest": cs.digest,

@@ -116,7 +116,23 @@ def decision_settings(settings: Settings, concepts_digest: str, rule_version: st
         "hash_lists": {p: _file_digest(p) for p in settings.hash_lists},
         "trust_safe": settings.trust_safe, "trust_unsafe": settings.trust_unsafe,
         "pdq_distance": settings.pdq_distance, "pdq_safe_distance": settings.pdq_safe_distance,
+        "variant_linkage": "repo" if variant_linkage_on(settings) else "off",
     }
+
+
+def variant_linkage_on(settings: Settings) -> bool:
+    """FSQ_VARIANT_LINKAGE=auto and the pict-rs repo configured (fsq.engine.variants)."""
+    return settings.variant_linkage != "off" and bool(settings.pictrs_database_url)
+
+
+def build_variant_planner(settings: Settings):
+    """The scanner's variant planner, or None (every file classified). The repo connection
+    opens at the first listing batch; a repo out of reach only turns linkage off."""
+    if not variant_linkage_on(settings):
+        return None
+    from fsq.engine.variants import VariantPlanner
+    from fsq.lemmy.variants import RepoLinks
+    return VariantPlanner(RepoLinks(str(settings.pictrs_database_url)))
 
 
 def signing_key_path(settings: Settings) -> Path:
@@ -157,4 +173,5 @@ def build_scanner(settings: Settings, conn: sqlite3.Connection, source: Source, 
                       rescan_stale=rescan_stale)
     return Scanner(conn, source, cfg,
                    classifier_factory=lambda: _load_announced(settings, concepts),
-                   actor=actor, progress=progress, db_path=settings.db, engine=engine)
+                   actor=actor, progress=progress, db_path=settings.db, engine=engine,
+                   variants=build_variant_planner(settings))

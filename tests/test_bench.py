@@ -124,3 +124,19 @@ def test_bench_ort_int8_mode(tmp_path, capsys):
     data = json.loads(_run(capsys, *args))
     rows = {r["mode"]: r for r in data["models"][0]["rows"]}
     assert set(rows) == {"model", "ort-int8"} and _sane_rate(rows["ort-int8"]["images_per_s"])
+
+
+@pytest.mark.postgres
+def test_bench_variant_store(tmp_path, capsys, pg_server):
+    """--variants-store: a throwaway PostgreSQL holds the pict-rs rows (skips with the tests'
+    PostgreSQL fixture when there are no server binaries); every variant inherits."""
+    out = _run(capsys, "--models", "", "--rescan-objects", "0", "--variants-store", "3",
+               "--variants-model", "tiny", "--batch-size", "2", "--workdir",
+               str(tmp_path / "w"), "--weights-dir", str(tmp_path / "weights"), "--json")
+    v = json.loads(out)["variants"]
+    assert v["originals"] == 3 and v["variants_per_original"] == 2
+    assert v["linked"]["objects"] == v["off"]["objects"] == 9
+    assert v["linked"]["classified"] == 3 and v["linked"]["inherited"] == 6
+    assert v["off"]["classified"] == 9 and v["off"]["inherited"] == 0
+    assert _sane_rate(v["ratio"]) and v["ratio"] == pytest.approx(
+        v["linked"]["per_s"] / v["off"]["per_s"])

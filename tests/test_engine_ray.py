@@ -21,6 +21,8 @@ from tests.fixtures.s3 import CREDENTIALS
 
 ray = pytest.importorskip("ray")
 
+from tests.test_variants import site as variant_site  # noqa: E402,F401  (a fixture)
+
 pytestmark = pytest.mark.slow
 PASS = "correct horse battery staple"
 OUTCOMES = {"clean", "flagged", "unreadable"}
@@ -302,6 +304,24 @@ def test_no_actor_left_records_worker_lost_then_next_pass_decides(ray_cluster, t
     finally:
         scanner.engine.shutdown()
         conn.close()
+
+
+@pytest.mark.postgres
+def test_variants_take_their_originals_verdict_under_ray(ray_cluster, variant_site, fsq):
+    """pict-rs variant linkage is engine-neutral: the coordinator fetches and hashes the
+    variants itself, Ray classifies only the originals (tests/test_variants.py's store)."""
+    from tests import test_variants as V
+    store, env = variant_site
+    r = fsq(["scan", "--all", "--json", "--engine", "ray"], env=env)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["classified"] == 2 and s["inherited"] == 5 and s["quarantined"] == 4, s
+    conn = connect("fsq.db")
+    (inc,) = conn.execute("SELECT * FROM incidents").fetchall()
+    keys = {e["key"] for e in conn.execute("SELECT key FROM vault_entries WHERE state='done' "
+                                           "AND incident_id=?", (inc["id"],))}
+    conn.close()
+    assert inc["sha256"] == V.sha(V.ORIGINALS[V.B]) and keys == {V.B, V.B1, V.B2, V.BM}
 
 
 def test_workers_get_no_vault_database_or_service_secrets():

@@ -61,6 +61,8 @@ def print_summary(s, as_json: bool, rescan_stale: bool = False, stamp: bool = Fa
     click.echo(f"run {s.run_id}: {s.status} in {s.seconds:.1f}s: listed {s.listed}, "
                f"scanned {s.scanned}, skipped {s.skipped}, clean {s.clean}, "
                f"flagged {s.flagged}, unreadable {s.unreadable}, errors {s.errors}"
+               + (f", {s.inherited} took their pict-rs original's verdict" if s.inherited
+                  else "")
                + (f", quarantined {s.quarantined}" if not s.dry_run else " (dry run)")
                + (f", quarantine failed {s.quarantine_failed}" if s.quarantine_failed else ""))
     shown = s.problems  # unchanged keys are skipped too, but they are not problems

@@ -39,9 +39,11 @@ def entries(conn: sqlite3.Connection, incident_id: int) -> list[sqlite3.Row]:
 
 
 def keys(conn: sqlite3.Connection, sha256: str) -> list[sqlite3.Row]:
-    """Every storage key known to have held this content."""
-    return conn.execute("SELECT * FROM objects WHERE sha256=? ORDER BY first_seen",
-                        (sha256,)).fetchall()
+    """Every storage key known to have held this content, and the keys of content sealed
+    into its incident with it (pict-rs variants and motion files: incident_content)."""
+    return conn.execute("SELECT * FROM objects WHERE sha256=? OR sha256 IN (SELECT ic.sha256 "
+                        "FROM incident_content ic JOIN incidents i ON i.id = ic.incident_id "
+                        "WHERE i.sha256=?) ORDER BY first_seen", (sha256, sha256)).fetchall()
 
 
 def summary(conn: sqlite3.Connection, row: sqlite3.Row, *, retention_days: int | None = None,

@@ -163,7 +163,9 @@ def migrate(conn: sqlite3.Connection) -> int:
             for stmt in _split_sql(sql):
                 conn.execute(stmt)
             conn.execute("INSERT INTO schema_migrations VALUES (?,?,?)", (version, name, iso()))
-            conn.execute(f"PRAGMA user_version={int(version)}")
+            # A migration filling a gap (numbers are assigned per branch) must not lower it.
+            have.add(version)
+            conn.execute(f"PRAGMA user_version={int(max(have))}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

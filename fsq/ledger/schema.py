@@ -331,6 +331,25 @@ CREATE TABLE legacy_flags (
     UNIQUE (tool, source, key)
 );
 """),
+    (7, "content sealed into another content's incident (pict-rs variants)", r"""
+-- A variant or motion file of a flagged pict-rs original is flagged content too
+-- (fsq.engine.variants): its verdict (method 'variant-of') names the original's verdict, and
+-- its bytes are sealed into the original's incident, not an incident of their own. One row
+-- per such content sha256 and incident. role: variant | motion; identifier/variant: what the
+-- pict-rs repo said; verdict_id: the variant's own verdict row.
+CREATE TABLE incident_content (
+    incident_id     INTEGER NOT NULL REFERENCES incidents(id),
+    sha256          TEXT NOT NULL,
+    role            TEXT NOT NULL,
+    original_sha256 TEXT NOT NULL,
+    identifier      TEXT,
+    variant         TEXT,
+    verdict_id      INTEGER REFERENCES verdicts(id),
+    added_at        TEXT NOT NULL,
+    PRIMARY KEY (incident_id, sha256)
+);
+CREATE INDEX incident_content_sha256 ON incident_content(sha256);
+"""),
     (9, "attestations and peers", r"""
 -- Shared verdicts (fsq.exchange, docs/federation.md).
 -- A local human (or, if published, model) decision about content; statement_id is set once

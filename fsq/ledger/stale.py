@@ -41,7 +41,8 @@ def settings_digest(*, model: str, pretrained: str | None, concepts_digest: str 
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# The verdict that decided each object: its own row, or for a 'cache' verdict the reused one.
+# The verdict that decided each object: its own row, for a 'cache' verdict the reused one, for
+# a 'variant-of' verdict (fsq.engine.variants) its original's: stale when its original's is.
 _DECIDING = """
 SELECT o.id AS object_id, o.key, o.status,
        COALESCE(d.settings_digest, v.settings_digest) AS digest,
@@ -51,8 +52,10 @@ SELECT o.id AS object_id, o.key, o.status,
        COALESCE(d.method, v.method) AS method
 FROM objects o
 JOIN verdicts v ON v.id = o.verdict_id
-LEFT JOIN verdicts d ON v.method = 'cache'
-                    AND d.id = CAST(json_extract(v.details, '$.reused_verdict') AS INTEGER)
+LEFT JOIN verdicts d ON v.method IN ('cache', 'variant-of')
+                    AND d.id = CAST(COALESCE(json_extract(v.details, '$.reused_verdict'),
+                                             json_extract(v.details, '$.original_verdict'))
+                                    AS INTEGER)
 WHERE o.source = ? AND o.status IN ('clean', 'flagged')
 """
 

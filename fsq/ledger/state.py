@@ -131,15 +131,17 @@ def cached_verdict(conn: sqlite3.Connection, sha256: str, settings_digest: str |
     again. Errors are not conclusive, and neither are peer attestations (method
     'attestation'): they apply only while the statement does (fsq.exchange.trust). With
     ``settings_digest``, a model verdict (or a reuse of one) counts only if it was decided under
-    those settings (fsq.ledger.stale)."""
+    those settings (fsq.ledger.stale). Nor are inherited verdicts (method 'variant-of',
+    fsq.engine.variants): they say what pict-rs made the file from, not what it shows, so they
+    are re-derived from the original each time, never reused for the bytes alone."""
     if settings_digest is None:
         return conn.execute(
             "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged',"
-            "'unreadable') AND method != 'attestation' ORDER BY id DESC LIMIT 1",
-            (sha256,)).fetchone()
+            "'unreadable') AND method NOT IN ('attestation', 'variant-of') "
+            "ORDER BY id DESC LIMIT 1", (sha256,)).fetchone()
     return conn.execute(
         "SELECT * FROM verdicts WHERE sha256=? AND outcome IN ('clean','flagged','unreadable') "
-        "AND method != 'attestation' AND (method NOT IN ('clip','cache','rescore') OR settings_digest=?) "
+        "AND method NOT IN ('attestation', 'variant-of') AND (method NOT IN ('clip','cache','rescore') OR settings_digest=?) "
         "ORDER BY id DESC LIMIT 1", (sha256, settings_digest)).fetchone()
 
 
@@ -265,7 +267,13 @@ def flagged_pending(conn: sqlite3.Connection, source: str | None = None
     sql = ("SELECT o.*, v.method, v.reason AS verdict_reason, v.details, v.model_id, "
            "v.severity, v.concepts_digest, v.rule_version, i.id AS incident_id "
            "FROM objects o LEFT JOIN verdicts v ON v.id = o.verdict_id "
-           "LEFT JOIN incidents i ON i.sha256 = o.sha256 WHERE o.status = 'flagged'")
+           # A variant flagged with its original belongs to the original's incident
+           # (incident_content, fsq.engine.variants); other content to its own.
+           "LEFT JOIN incidents i ON i.id = CASE WHEN v.method = 'variant-of' THEN "
+           "COALESCE((SELECT MAX(ic.incident_id) FROM incident_content ic WHERE ic.sha256 = "
+           "o.sha256), (SELECT id FROM incidents WHERE sha256 = o.sha256)) "
+           "ELSE (SELECT id FROM incidents WHERE sha256 = o.sha256) END "
+           "WHERE o.status = 'flagged'")
     args: tuple = ()
     if source:
         sql += " AND o.source = ?"

@@ -153,6 +153,13 @@ def release_incident(conn: sqlite3.Connection, incident: sqlite3.Row, *, private
         conn.execute("UPDATE objects SET status='released', reason=? WHERE sha256=? AND "
                      "status='flagged'", (f"released: {reason}"[:500], incident["sha256"]))
         state.allowlist_add(conn, incident["sha256"], f"released: {reason}", iid)
+        # Variants and motion files sealed with the original (fsq.engine.variants) are
+        # released with it: a false positive's thumbnails are false positives too.
+        for (member,) in conn.execute("SELECT DISTINCT sha256 FROM incident_content WHERE "
+                                      "incident_id=?", (iid,)).fetchall():
+            conn.execute("UPDATE objects SET status='released', reason=? WHERE sha256=? AND "
+                         "status='flagged'", (f"released: {reason}"[:500], member))
+            state.allowlist_add(conn, member, f"released with incident {iid}: {reason}", iid)
         # Re-encoded or resized copies of a false positive are not flagged again either:
         # its sha256 and PDQ go into the safe bank (fsq.signals.banks).
         add_incident(conn, iid, SAFE, origin=f"release:{iid}")
