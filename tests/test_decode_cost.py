@@ -5,9 +5,9 @@ every still format, odd sizes and aspect ratios, tiny and huge-within-limits.
 The bound (docs/performance.md, "Decode cost"): model input max |difference| < 2.5 normalised
 units at a single pixel (edges, where DCT scaling and bicubic disagree), mean < 0.01 (under one
 uint8 level, 0.0146; measured 0.002-0.005; strips with a fitted short side under 128 px keep
-the previous shrink, fsq.media.decode.SHRINK_FAST_MIN_SIDE); tiny model: embedding cosine >= 0.9995 and concept similarity
-|difference| <= 0.002, well below the 0.005 that `fsq model check` allows int8
-(fsq/classify/int8_check.py).
+the previous shrink, fsq.media.decode.SHRINK_FAST_MIN_SIDE); tiny model: embedding cosine
+>= 0.9995 and concept similarity |difference| <= 0.002, well below the 0.005 that `fsq model
+check` allows int8 (fsq/classify/int8_check.py).
 """
 
 from __future__ import annotations
