@@ -115,6 +115,8 @@ def test_fit_size_is_thumbnails_rounding():
 def test_the_old_path_switch_is_scoped():
     with cost.before_issue_20():
         assert dec.SHRINK_REDUCING_GAP == 2.0 and dec._draft_size(2000, 100, 512) == (512, 512)
+        assert dec._SHRINK_FIRST == ()
+    assert dec._SHRINK_FIRST == ("RGB", "L")
     assert dec.SHRINK_REDUCING_GAP == 1.0 and dec._draft_size(2000, 500, 512) == (512, 128)
     assert dec._draft_size(2000, 100, 512) == (512, 512)  # a strip: as before
 

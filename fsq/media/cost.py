@@ -71,15 +71,17 @@ class Preprocessor:
 def before_issue_20() -> Iterator[None]:
     """fsq.media.decode as it decoded before issue 20, for the duration of the block."""
     with dec._PILLOW_LOCK:
-        saved = dec.SHRINK_REDUCING_GAP, dec.SHRINK_FILTER, dec._draft_size, dec._shrink
+        saved = (dec.SHRINK_REDUCING_GAP, dec.SHRINK_FILTER, dec._draft_size, dec._shrink,
+                 dec._SHRINK_FIRST)
         dec.SHRINK_REDUCING_GAP, dec.SHRINK_FILTER = 2.0, Image.Resampling.BICUBIC
         dec._draft_size = lambda w, h, fit: (fit, fit)
         dec._shrink = _thumbnail_before
+        dec._SHRINK_FIRST = ()   # convert to RGB first, then shrink
         try:
             yield
         finally:
-            (dec.SHRINK_REDUCING_GAP, dec.SHRINK_FILTER, dec._draft_size,
-             dec._shrink) = saved
+            (dec.SHRINK_REDUCING_GAP, dec.SHRINK_FILTER, dec._draft_size, dec._shrink,
+             dec._SHRINK_FIRST) = saved
 
 
 def _thumbnail_before(fr: Any, w: int, h: int, fit: int) -> Any:
