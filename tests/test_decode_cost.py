@@ -129,3 +129,12 @@ def test_cost_measure_reports_every_format():
         assert row["before_ms"] > 0 and row["after_ms"] > 0 and row["ratio"] > 0
         assert 0 <= row["input_mean_abs_diff"] < 0.01
     assert "decode + preprocess CPU" in cost.format_report(res)
+
+
+def test_media_bench_cost_option(capsys):
+    from fsq.media import bench as media_bench
+    assert media_bench.main(["--cost", "4"]) == 0
+    out = capsys.readouterr().out
+    for fmt in ("jpeg", "png", "webp", "gif", "all"):
+        assert any(line.startswith(fmt + " ") for line in out.splitlines()), fmt
+    assert "<= 70% of before" in out
