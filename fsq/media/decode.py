@@ -15,11 +15,11 @@ Everything here parses attacker-controlled bytes, so:
   with its truncation facts (fsq.media.truncated); only a file with nothing decodable is
   ``Unreadable``.
 * JPEGs are decoded in draft mode (DCT scaling) straight to about the size we need, and every
-  frame is shrunk by an integer box reduction first (``SHRINK_REDUCING_GAP``): the cost of the
-  shrink then follows the frame's output size, not its decoded size (issue 20; the model input
-  moves within the agreement bound stated in docs/performance.md and tested in
-  tests/test_decode_cost.py). No limit below depends on the shrink: it runs on a frame that
-  already passed every check.
+  frame but a strip is shrunk by an integer box reduction first (``SHRINK_REDUCING_GAP``): the
+  cost of the shrink then follows the frame's output size, not its decoded size (issue 20;
+  the model input moves within the agreement bound stated in docs/performance.md and tested
+  in tests/test_decode_cost.py). No limit below depends on the shrink: it runs on a frame
+  that already passed every check.
 * Every failure becomes ``Unreadable(reason)``: one bad file never stops a run (invariant 6).
 
 Pillow's switches (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``, the
@@ -62,8 +62,8 @@ _BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 # Pillow's ``reducing_gap`` for the shrink to fit: 1.0 = reduce by the whole integer factor
 # (box filter, cheap), then bicubic over the remaining factor (< 2). Pillow's thumbnail default
 # (2.0) keeps a 2x margin for the bicubic pass, which then costs per *decoded* pixel: measured
-# 5-12 ms of a 0.3-2 MP frame's 13-33 ms decode. 1.0 halves that; the frames move by about
-# 0.5% of a grey level on average (docs/performance.md, "Decode cost").
+# 5-12 ms of a 0.3-2 MP frame's 13-33 ms decode. 1.0 halves that; the model input moves by
+# about a quarter of a grey level on average (docs/performance.md, "Decode cost").
 SHRINK_REDUCING_GAP = 1.0
 SHRINK_FILTER = Image.Resampling.BICUBIC
 # Frames whose fitted short side is under this keep the previous shrink (draft at fit x fit,
