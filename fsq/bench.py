@@ -330,8 +330,10 @@ def run_old(spec: dict[str, Any]) -> dict[str, Any]:
     from fsq.classify.clip import ClipClassifier
     from fsq.classify.concepts import load_concepts
     from fsq.classify.rule import decide
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
+    from fsq.classify.threads import resolve
+    threads, _ = resolve(spec.get("threads") or 0)
+    if threads:
+        torch.set_num_threads(threads)
     concepts = load_concepts(None)
     arch, *_ = ClipClassifier._resolve_arch(open_clip, spec["model"])  # registers a JSON config
     model, _, preprocess = open_clip.create_model_and_transforms(arch,
@@ -597,7 +599,16 @@ def report(result: dict[str, Any]) -> str:
         v = result["variants"]
         lines += [""] + ([f"variant store: skipped ({v['skipped']})"] if "skipped" in v
                          else bench_variants.report(v))
+    if result.get("neighbour"):
+        from fsq import bench_threads
+        lines += [""] + bench_threads.report_lines(result["neighbour"])
+    if result.get("decode_cost"):
+        from fsq.media import cost
+        lines += ["", cost.format_report(result["decode_cost"])]
     t = targets(result["models"], result.get("rescan"))
+    if result.get("neighbour"):
+        from fsq import bench_threads
+        t += [x for x in [bench_threads.target_line(result["neighbour"])] if x]
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
     return "\n".join(lines)
@@ -607,6 +618,14 @@ def _formats(formats: list[str]) -> str:
     names = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "3-frame GIF",
              "mp4": "4 s H.264 MP4", "webm": "4 s VP9 WebM"}
     return ", ".join(names.get(f, f) for f in formats)
+
+
+def _threads_arg(value: str) -> int | str:
+    from fsq.classify.threads import parse
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -640,7 +659,17 @@ def main(argv: list[str] | None = None) -> int:
                         "open_clip architecture, or tiny [ViT-L-14]")
     p.add_argument("--batch-size", type=int, default=8, help="model batch size [8]")
     p.add_argument("--workers", type=int, default=2, help="fetch/decode threads [2]")
-    p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = default [0]")
+    p.add_argument("--threads", type=_threads_arg, default=0,
+                   help="torch threads: N, 0 = default, or auto (fsq.classify.threads) [0]")
+    p.add_argument("--neighbour", type=int, metavar="N",
+                   help="also run the first model (model only) beside N busy processes, "
+                        "--threads against auto, and print the ratio (fsq.bench_threads)")
+    p.add_argument("--neighbour-warmup", type=float, default=90.0, metavar="S",
+                   help="wait up to S seconds for the load average to show the neighbours "
+                        "[90]")
+    p.add_argument("--decode-cost", type=int, default=0, metavar="N",
+                   help="decode + preprocess CPU per file, now against before issue 20, on N "
+                        "files of the store (fsq.media.cost), 0 = skip [0]")
     p.add_argument("--precision", default="auto", help="fsq --precision [auto]")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="fsq --backend for the image tower [auto]")
@@ -664,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.neighbour is not None and args.neighbour < 0:
+        p.error("--neighbour must be at least 0")
     if args.child:
         return _child_main(args.child)
 
@@ -695,6 +726,21 @@ def main(argv: list[str] | None = None) -> int:
             keys = build_store(store, args.images, formats=args.formats)
             for name in models:
                 result["models"].append(bench_model(name, keys, store, work, cache, args))
+            if args.neighbour is not None:
+                from fsq import bench_threads
+                result["neighbour"] = bench_threads.run(
+                    models[0], keys, store, work, cache, args,
+                    lambda spec: run_measurement(spec, in_process=args.in_process,
+                                                 log=work / "bench.log"),
+                    model_files, lambda m: print(m, file=sys.stderr, flush=True))
+        if args.decode_cost:
+            from fsq.media import cost
+            keys = build_store(work / "store", args.images, formats=args.formats)
+            files = [(k.rsplit(".", 1)[-1], (work / "store" / k).read_bytes())
+                     for k in keys[:args.decode_cost]]
+            print(f"decode cost: {len(files)} files, before and now ...", file=sys.stderr,
+                  flush=True)
+            result["decode_cost"] = cost.measure(files, rounds=max(2, args.rounds))
         if args.rescan_objects:
             small = work / "rescan-store"
             build_small_store(small, args.rescan_objects)

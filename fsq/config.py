@@ -107,6 +107,11 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _threads(value: str) -> int | str:
+    from fsq.classify.threads import parse
+    return parse(value)
+
+
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -170,8 +175,10 @@ SETTINGS: tuple[Setting, ...] = (
       group="scan"),
     S("batch_size", 8, _int_min(1), "Images per model batch.", "8", group="scan"),
     S("workers", 2, _int_min(1), "Fetch/decode worker threads.", "2", group="scan"),
-    S("threads", 0, _int_min(0), "torch intra-op threads (0 = torch's default).", "0",
-      group="scan"),
+    S("threads", 0, _threads,
+      "torch intra-op threads: a number, 0 = torch's default (one per core), or auto = one "
+      "per core the 1-minute load average says is free (fsq.classify.threads; the advice for "
+      "shared servers is in docs/performance.md).", "0", group="scan"),
     S("unreadable", "skip", _choice("skip", "flag"),
       "What to do with files that cannot be decoded (videos, corrupt files): skip (count and "
       "list them) or flag them for quarantine.", "skip", group="scan"),

@@ -41,12 +41,15 @@ def load_concept_set(settings: Settings):
 
 
 def build_classifier(settings: Settings, concepts=None):
+    from fsq.classify import threads as thread_policy
     from fsq.classify.clip import ClipClassifier
+    threads, why = thread_policy.resolve(settings.threads)
+    log.info("torch threads: %s", why)
     return ClipClassifier(
         model=settings.model, pretrained=settings.pretrained,
         concepts=concepts if concepts is not None else load_concept_set(settings),
         severity=settings.severity, precision=settings.precision, device=settings.device,
-        cache_dir=settings.cache_dir, threads=settings.threads, backend=settings.backend,
+        cache_dir=settings.cache_dir, threads=threads, backend=settings.backend,
         int8_approved=_int8_approvals(settings) if settings.precision == "int8" else None)
 
 

@@ -140,3 +140,48 @@ def test_bench_variant_store(tmp_path, capsys, pg_server):
     assert v["off"]["classified"] == 9 and v["off"]["inherited"] == 0
     assert _sane_rate(v["ratio"]) and v["ratio"] == pytest.approx(
         v["linked"]["per_s"] / v["off"]["per_s"])
+
+
+def test_bench_neighbour_and_decode_cost(tmp_path, capsys):
+    """`--neighbour 1`: the model beside a spinning process, configured threads against
+    auto, with the ratio; `--decode-cost`: before/now per format. Shape only, not speed."""
+    args = ["--models", "tiny", "--images", "4", "--rescan-objects", "0", "--modes", "model",
+            "--neighbour", "1", "--neighbour-warmup", "0", "--decode-cost", "4",
+            "--workdir", str(tmp_path / "w"), "--weights-dir", str(tmp_path / "weights"),
+            "--in-process", "--json"]
+    data = json.loads(_run(capsys, *args))
+    n = data["neighbour"]
+    assert n["neighbours"] == 1 and n["model"] == "tiny" and n["configured_setting"] == 0
+    for k in ("configured", "auto"):
+        assert _sane_rate(n[k]["images_per_s"]) and n[k]["threads"] >= 1
+    assert n["ratio"] == pytest.approx(n["auto"]["images_per_s"]
+                                       / n["configured"]["images_per_s"])
+    cost = data["decode_cost"]["formats"]
+    assert set(cost) == {"jpeg", "png", "webp", "gif", "all"} and cost["all"]["files"] == 4
+    text = _run(capsys, *args[:-1])
+    assert "beside 1 busy neighbour process(es)" in text and "auto / torch's default" in text
+    assert "decode + preprocess CPU per file" in text
+
+
+def test_neighbours_are_stopped(capsys):
+    import os
+
+    from fsq import bench_threads
+    with bench_threads.neighbours(2, 0, print) as info:
+        import subprocess
+        kids = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
+                              text=True).stdout.split()
+        assert len(kids) >= 2 and info["neighbours"] == 2
+    for pid in kids:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            continue
+        # a pid still there must not be one of our spinners any more
+        assert "while True" not in open(f"/proc/{pid}/cmdline").read()
+
+
+def test_bench_threads_argument(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--threads", "lots"])
+    assert exc.value.code == 2 and "--threads" in capsys.readouterr().err

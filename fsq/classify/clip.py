@@ -347,9 +347,14 @@ class ClipClassifier:
             # Same size rule and filter as Image.thumbnail, which would modify img in place.
             im = im.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=2.0)
         im = self._resize_crop(im)
-        arr = np.asarray(im, dtype=np.float32) * np.float32(1.0 / 255.0)
-        arr = (arr - self._mean) / self._std
-        return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+        # One float pass over CHW: x / 255 / std - mean / std (the bytes are transposed while
+        # still uint8; equal to (x / 255 - mean) / std within float32 rounding).
+        std = np.asarray(self._std, dtype=np.float32).reshape(3, 1, 1)
+        mean = np.asarray(self._mean, dtype=np.float32).reshape(3, 1, 1)
+        arr = np.asarray(im).transpose(2, 0, 1).astype(np.float32, order="C")
+        arr *= np.float32(1.0 / 255.0) / std
+        arr -= mean / std
+        return arr
 
     def embed_images(self, batch: "torch.Tensor") -> np.ndarray:
         """n x 3 x S x S preprocessed frames -> n x d L2-normalised float32 embeddings."""

@@ -38,7 +38,9 @@ def classifier_options(f):
                      help="Image-tower runtime [FSQ_BACKEND, auto]; onnx needs fsq[onnx]."),
         click.option("--batch-size", type=int, help="Images per model batch [FSQ_BATCH_SIZE]."),
         click.option("--workers", type=int, help="Fetch/decode threads [FSQ_WORKERS]."),
-        click.option("--threads", type=int, help="torch threads, 0 = default [FSQ_THREADS]."),
+        click.option("--threads", metavar="N|auto",
+                     help="torch threads: N, 0 = torch's default, or auto = the cores the "
+                          "load average says are free [FSQ_THREADS]."),
         click.option("--unreadable", type=click.Choice(["skip", "flag"]),
                      help="Undecodable files: skip (count, list) or flag [FSQ_UNREADABLE]."),
         click.option("--hash-list", "hash_lists", multiple=True, type=click.Path(),

@@ -6,6 +6,10 @@ scanner's request: FSQ_MAX_FRAMES sampling, scene changes, limits), in this proc
 through the decode-worker pool. Prints files/s, sampled frames/s and frames per file, beside
 the same for a store of stills as the same-run baseline (ratios, not seconds, carry over to
 other machines).
+
+``--cost N``: instead, decode + preprocess CPU per file of N stills, now against the decode
+before issue 20, with the model-input differences (fsq.media.cost; docs/performance.md,
+"Decode cost").
 """
 
 from __future__ import annotations
@@ -40,7 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", type=int, default=24, help="videos in the store [24]")
     p.add_argument("--stills", type=int, default=48, help="stills in the baseline store [48]")
     p.add_argument("--workers", type=int, default=2, help="decode worker processes [2]")
+    p.add_argument("--cost", type=int, default=0, metavar="N",
+                   help="instead: decode + preprocess CPU per file of N stills (JPEG, PNG, "
+                        "WebP, GIF, 0.3-2 MP), now against before issue 20 (fsq.media.cost)")
     args = p.parse_args(argv)
+    if args.cost:
+        import tempfile
+        from pathlib import Path
+
+        from fsq.media import cost
+        from fsq.synth import make_store
+        with tempfile.TemporaryDirectory(prefix="fsq-decode-cost-") as tmp:
+            keys = make_store(tmp, args.cost, seed=0)
+            files = [(k.rsplit(".", 1)[-1], (Path(tmp) / k).read_bytes()) for k in keys]
+        print(cost.format_report(cost.measure(files, rounds=3)))
+        return 0
     req = DecodeRequest()
     print("writing the synthetic stores ...", flush=True)
     stores = {"videos (mp4, webm)": _store(args.videos, ("mp4", "webm"), 1),

@@ -14,7 +14,12 @@ Everything here parses attacker-controlled bytes, so:
 * A file whose data ends early is decoded in Pillow's truncated mode, per call, and classified
   with its truncation facts (fsq.media.truncated); only a file with nothing decodable is
   ``Unreadable``.
-* JPEGs are decoded in draft mode (DCT scaling) straight to about the size we need.
+* JPEGs are decoded in draft mode (DCT scaling) straight to about the size we need, and every
+  frame but a strip is shrunk by an integer box reduction first (``SHRINK_REDUCING_GAP``): the
+  cost of the shrink then follows the frame's output size, not its decoded size (issue 20;
+  the model input moves within the agreement bound stated in docs/performance.md and tested
+  in tests/test_decode_cost.py). No limit below depends on the shrink: it runs on a frame
+  that already passed every check.
 * Every failure becomes ``Unreadable(reason)``: one bad file never stops a run (invariant 6).
 
 Pillow's switches (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``, the
@@ -30,6 +35,7 @@ expects), RGB, with transparency composited on white.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import threading
 import warnings
@@ -51,6 +57,55 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
                   KeyError, ZeroDivisionError, struct.error)
 # Pillow's guard: the error, and the warning that _pillow_settings turns into an error.
 _BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+# Pillow's ``reducing_gap`` for the shrink to fit: 1.0 = reduce by the whole integer factor
+# (box filter, cheap), then bicubic over the remaining factor (< 2). Pillow's thumbnail default
+# (2.0) keeps a 2x margin for the bicubic pass, which then costs per *decoded* pixel: measured
+# 5-12 ms of a 0.3-2 MP frame's 13-33 ms decode. 1.0 halves that; the model input moves by
+# about a quarter of a grey level on average (docs/performance.md, "Decode cost").
+SHRINK_REDUCING_GAP = 1.0
+SHRINK_FILTER = Image.Resampling.BICUBIC
+# Frames whose fitted short side is under this keep the previous shrink (draft at fit x fit,
+# gap 2.0): they cost little, and the model's crop stretches their few rows, so the cheap path
+# would move their input most (a 37 x 2000 strip: similarity delta 0.003 instead of < 0.002).
+SHRINK_FAST_MIN_SIDE = 128
+
+
+def fit_size(w: int, h: int, box: int) -> tuple[int, int]:
+    """The size ``Image.thumbnail((box, box))`` gives a ``w`` x ``h`` frame (its rounding)."""
+    if w <= box and h <= box:
+        return w, h
+    aspect = w / h
+    x, y = box, box
+    if x / y >= aspect:
+        x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
+                    key=lambda n: abs(aspect - n / y)), 1)
+    else:
+        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
+                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
+
+
+# Modes shrunk before the conversion to RGB, where the two commute exactly (per-channel
+# resize): a grey JPEG converts 512-fit pixels instead of the decoded ones (0.6 of the before
+# CPU). Not alpha: Pillow resizes it premultiplied, which commutes with the composite on white
+# only within rounding (twice the input difference) and measured no faster; not palette
+# images, which resize as NEAREST.
+_SHRINK_FIRST: tuple[str, ...] = ("RGB", "L")
+
+
+def _draft_size(w: int, h: int, fit: int) -> tuple[int, int]:
+    """What a JPEG's draft is asked for (fsq.media.cost swaps it to measure the old path)."""
+    target = fit_size(w, h, fit)
+    return target if min(target) >= SHRINK_FAST_MIN_SIDE else (fit, fit)
+
+
+def _shrink(fr: Image.Image, w: int, h: int, fit: int) -> Image.Image:
+    """``fr`` (frame of size w x h, maybe drafted smaller) shrunk to fit ``fit`` x ``fit``."""
+    target = fit_size(w, h, fit)   # from the frame's own size: a draft rounds differently
+    gap = SHRINK_REDUCING_GAP if min(target) >= SHRINK_FAST_MIN_SIDE else 2.0
+    return fr.resize(target, SHRINK_FILTER, reducing_gap=gap)
 
 
 class Unreadable(Exception):
@@ -254,11 +309,16 @@ def _frames(im: Image.Image, data: bytes, mt: str, req: DecodeRequest, on_facts:
             if fw * fh > req.max_pixels:
                 raise _bomb(fw, fh, req.max_pixels, mt, f"frame {i} is ")
             if im.format == "JPEG":
-                im.draft("RGB", (req.fit, req.fit))
+                # DCT scaling to the smallest scale still >= the fitted size (both sides): a
+                # wide image needs only its long side at ``fit``, not both.
+                im.draft("RGB", _draft_size(fw, fh, req.fit))
             im.load()
             if partial_of is not None and not frames:
                 trunc = truncated.estimate(partial_of, mt, im)
-            fr = _to_rgb(im.copy() if n > 1 else im)
+            fr = im.copy() if n > 1 else im
+            if fr.mode in _SHRINK_FIRST and (fr.width > req.fit or fr.height > req.fit):
+                fr = _shrink(fr, fw, fh, req.fit)
+            fr = _to_rgb(fr)
             fr.load()
         except (Unreadable, *_BOMBS, *_DECODE_ERRORS) as exc:
             if not frames:
@@ -277,7 +337,7 @@ def _frames(im: Image.Image, data: bytes, mt: str, req: DecodeRequest, on_facts:
                 trunc = trunc or truncated.estimate(data, mt, None)
             break
         if fr.width > req.fit or fr.height > req.fit:
-            fr.thumbnail((req.fit, req.fit), Image.Resampling.BICUBIC)
+            fr = _shrink(fr, fw, fh, req.fit)
         frames.append(fr)
         sampled.append(i)
     if partial_of is None and trunc is None:
