@@ -30,8 +30,9 @@ So fsq runs uvicorn with ``GuardedH11Protocol`` (a subclass of uvicorn's h11 pro
 * **Body timeout.** ``read_body`` gives the whole body ``body_timeout`` seconds from the end of
   the headers; a slower one is answered 408 with ``Connection: close`` and counted
   (``slow_body``). Any answer sent before its request's body was fully received (401, 413,
-  408, overload) closes the connection, so the rest of a body is never waited for. Bytes of bodies still arriving are bounded by a shared budget
-  (``BodyBudget``), so many slow bodies cannot hold memory either.
+  408, overload) closes the connection (a lingering close: see ``_fsq_linger_close``), so
+  the rest of a body is never waited for. Bytes of bodies still arriving are bounded by a
+  shared budget (``BodyBudget``), so many slow bodies cannot hold memory either.
 * **File limit.** ``raise_nofile_limit`` lifts the soft RLIMIT_NOFILE towards the hard one at
   start, so the cap (plus the process's own files) fits.
 
