@@ -611,6 +611,12 @@ def report(result: dict[str, Any]) -> str:
         t += [x for x in [bench_threads.target_line(result["neighbour"])] if x]
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
+    if any(result.get(k) for k in ("variants", "animations", "rescore", "decode_cost",
+                                   "neighbour")) or any(
+            r["mode"] == "ort-int8" for m in result["models"] for r in m["rows"]):
+        from fsq import bench_targets
+        lines += ["", "targets (issue 20, same-run ratios):"] + [
+            f"  {x}" for x in bench_targets.issue20(result)]
     return "\n".join(lines)
 
 

@@ -100,7 +100,43 @@ def test_bench_rescore_of_stored_embeddings(tmp_path, capsys):
     assert r["objects"] == r["frames"] == 3000 and r["images_decoded"] == 0
     assert 0 < r["newly_flagged"] < 3000 and r["decided"] >= r["newly_flagged"]
     assert _sane_rate(r["objects_per_s"])
-    assert "rescore of 3000 stored embeddings" in _run(capsys, *args)
+    text = _run(capsys, *args)
+    assert "rescore of 3000 stored embeddings" in text
+    # the issue-20 targets section: this one judged, the others say how to run them
+    section = text.split("targets (issue 20, same-run ratios):", 1)[1]
+    assert "rescore of 3000 stored embeddings >= 20,000 objects/s, none decoded: " in section
+    assert "variant store: not run (--variants-store N)" in section
+    assert "neighbour: not run" in section
+
+
+def test_issue20_targets_are_judged_on_their_thresholds():
+    from fsq.bench_targets import issue20
+
+    def result(**kw):
+        base = {"machine": {"flags": ["avx2", "avx512_vnni"]}, "models": []}
+        return {**base, **kw}
+
+    def line(res, word):
+        return next(x for x in issue20(res) if x.startswith(word))
+
+    model = {"model": "ViT-L-14", "precision": "bf16",
+             "rows": [{"mode": "model", "images_per_s": 4.0},
+                      {"mode": "ort-int8", "images_per_s": 5.1}]}
+    assert line(result(models=[model]), "ViT-L-14 int8 >= 1.3x").split(": ")[1] == \
+        "NOT met (1.27x)"
+    model["rows"][1]["images_per_s"] = 5.2
+    assert "met (1.30x)" in line(result(models=[model]), "ViT-L-14 int8")
+    no_vnni = {**result(models=[model]), "machine": {"flags": ["avx2"]}}
+    assert line(no_vnni, "ViT-L-14 int8 >= 1.2x").endswith("met (1.30x)")
+    anim = {"ratio": 0.19, "same_verdicts": False}
+    assert "NOT met" in line(result(animations=anim), "100-frame")
+    assert ": met" in line(result(animations={**anim, "same_verdicts": True}), "100-frame")
+    cost = {"formats": {"all": {"ratio": 0.71}}}
+    assert "NOT met (71%)" in line(result(decode_cost=cost), "decode")
+    n = {"model": "ViT-B-32", "neighbours": 1, "ratio": 1.5}
+    assert line(result(neighbour=n), "ViT-B-32 beside").endswith("met (1.50x)")
+    assert "NOT met" in line(result(variants={"ratio": 2.49, "model": "ViT-L-14"}), "variant")
+    assert "no PostgreSQL" in line(result(variants={"skipped": "no PostgreSQL"}), "variant")
 
 
 def test_bench_near_identical_animations(tmp_path, capsys):
