@@ -19,11 +19,13 @@ def _ok(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def _int8(result: dict[str, Any]) -> str | None:
+def _int8(result: dict[str, Any]) -> list[str]:
     """ORT int8 against the precision fsq chose (bf16 on a bf16 CPU, fp32 elsewhere), model
-    only: the end-to-end int8 path needs an approval by ``fsq model check`` on the admin's own
-    weights, which random weights cannot honestly give."""
+    only, one line per model measured: the end-to-end int8 path needs an approval by
+    ``fsq model check`` on the admin's own weights, which random weights cannot honestly
+    give. (The issue states the target for ViT-L-14.)"""
     vnni = {"avx512_vnni"} & set(result["machine"]["flags"])
+    out = []
     for m in result["models"]:
         rows = {r["mode"]: r for r in m["rows"]}
         q, base = rows.get("ort-int8"), rows.get("model")
@@ -31,15 +33,15 @@ def _int8(result: dict[str, Any]) -> str | None:
             continue
         ratio = q["images_per_s"] / base["images_per_s"]
         want = 1.3 if vnni else 1.2
-        return (f"{m['model']} int8 >= {want}x {m['precision'] or 'fsq'}'s rate "
-                f"({'VNNI' if vnni else 'no VNNI'}; model only, random weights): "
-                f"{_ok(ratio >= want)} ({ratio:.2f}x)")
-    return None
+        out.append(f"{m['model']} int8 >= {want}x {m['precision'] or 'fsq'}'s rate "
+                   f"({'VNNI' if vnni else 'no VNNI'}; model only, random weights): "
+                   f"{_ok(ratio >= want)} ({ratio:.2f}x)")
+    return out
 
 
 def issue20(result: dict[str, Any]) -> list[str]:
     """One line per target: met / NOT met with the measured ratio, or how to run it."""
-    out: list[str | None] = [_int8(result) or f"int8: not run ({_HOW['int8']})"]
+    out: list[str | None] = _int8(result) or [f"int8: not run ({_HOW['int8']})"]
     v = result.get("variants")
     if v and "ratio" in v:
         out.append(f"variant store, objects/s with linkage >= 2.5x files/s without: "
