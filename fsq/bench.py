@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="decode + preprocess CPU per file, now against before issue 20, on N "
                         "files of the store (fsq.media.cost), 0 = skip [0]")
     p.add_argument("--precision", default="auto", help="fsq --precision [auto]")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "openvino"),
                    help="fsq --backend for the image tower [auto]")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help="which of e2e,model,old,int8,ort-int8 to run; int8 = model only with "

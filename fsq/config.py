@@ -168,9 +168,11 @@ SETTINGS: tuple[Setting, ...] = (
       "Inference precision. auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA, else fp32. "
       "int8 (ONNX Runtime) only after a passing `fsq model check`; auto never picks it.",
       "auto", group="scan"),
-    S("backend", "auto", _choice("auto", "torch", "onnx"),
+    S("backend", "auto", _choice("auto", "torch", "onnx", "openvino"),
       "Image-tower runtime. auto = torch where bf16/fp16 is used, else ONNX Runtime fp32 if "
-      "fsq[onnx] is installed and its export check passes, else torch.", "auto", group="scan"),
+      "fsq[onnx] is installed and its export check passes, else torch. openvino (fsq[openvino],"
+      " bf16 or fp32, an explicit choice: faster than torch bf16 on bf16 CPUs as measured in "
+      "docs/performance.md).", "auto", group="scan"),
     S("device", "auto", _choice("auto", "cpu", "cuda"), "Inference device.", "auto",
       group="scan"),
     S("batch_size", 8, _int_min(1), "Images per model batch.", "8", group="scan"),

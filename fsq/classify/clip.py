@@ -169,8 +169,9 @@ class ClipClassifier:
                  int8_approved: Any = None) -> None:
         """``text_only``: compute (or read from the cache) the concept text embeddings and
         release the whole model, image tower included (``fsq rescore`` needs no image
-        tower; ``embed_images`` then fails). ``backend``: torch | onnx | auto for the image
-        tower (fsq.classify.onnx_backend; the text tower is always torch).
+        tower; ``embed_images`` then fails). ``backend``: torch | onnx | openvino | auto for
+        the image tower (fsq.classify.onnx_backend, openvino_backend; the text tower is
+        always torch).
         ``precision="int8"`` (ONNX Runtime int8) runs only if ``int8_approved(checkpoint
         sha256)`` is true: a passing `fsq model check` for this checkpoint."""
         open_clip = _import_open_clip()
@@ -188,7 +189,7 @@ class ClipClassifier:
         self.device = resolve_device(device)
         int8 = (precision or "").strip().lower() == "int8"
         if int8:
-            if self.device.startswith("cuda") or backend == "torch":
+            if self.device.startswith("cuda") or backend in ("torch", "openvino"):
                 raise ConfigError("precision int8 runs on ONNX Runtime on the CPU only: use "
                                   "--device cpu and --backend auto or onnx")
             precision, backend = "fp32", "onnx"
@@ -201,6 +202,9 @@ class ClipClassifier:
             backend, self.device, "fp32" if backend == "onnx" else self.precision)
         if want == "onnx" and self.precision != "fp32":
             self.precision, self.precision_reason = "fp32", "backend onnx runs fp32"
+        if want == "openvino" and self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"backend openvino runs bf16 or fp32, not {self.precision}: use "
+                              "--precision bf16, fp32 or auto, or another --backend")
         self.backend = "torch"
         self._ort: Any = None
         self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
@@ -255,7 +259,8 @@ class ClipClassifier:
 
         # Hashed (once, cached by path/size/mtime) only where it keys an ONNX graph.
         self.checkpoint_sha256 = (self._checkpoint_sha256(self.checkpoint)
-                                  if (int8 or want == "onnx") and not text_only else None)
+                                  if (int8 or want in ("onnx", "openvino"))
+                                  and not text_only else None)
         if int8 and not text_only:
             if int8_approved is None or not int8_approved(self.checkpoint_sha256):
                 raise ConfigError(f"precision int8 is not approved for this checkpoint "
@@ -280,6 +285,18 @@ class ClipClassifier:
                     raise ConfigError(f"backend onnx: {e}") from None
                 self.backend_reason = f"auto: torch, ONNX Runtime not used ({e})"
                 log.info("%s", self.backend_reason)
+        elif want == "openvino" and not text_only:
+            from fsq.classify import openvino_backend
+            try:
+                self._ort = openvino_backend.load_or_export(
+                    self.model.visual, key_doc=self._ort_key(), cache_dir=self.cache_dir,
+                    image_size=self.image_size, mean=self._mean, std=self._std,
+                    threads=self.threads, precision=self.precision, atomic_write=_atomic_write)
+            except onnx_backend.BackendUnavailable as e:
+                raise ConfigError(f"backend openvino: {e}") from None
+            self.backend = "openvino"
+            self.backend_reason += (f" (OpenVINO {self.precision}, export check cosine "
+                                    f"{self._ort.min_cosine:.7f})")
         if text_only or self._ort is not None:
             # No torch image tower needed (rescore: none at all; onnx: ORT runs it).
             self.model = None

@@ -40,7 +40,7 @@ log = logging.getLogger("fsq.classify")
 
 MIN_COSINE = 0.99999
 _FORMAT = 1
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 
 
 class BackendUnavailable(Exception):
@@ -181,16 +181,17 @@ def _read_meta(meta: Path, doc: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def resolve(requested: str, device: str, precision: str) -> tuple[str, str]:
-    """(backend to try, reason). ``onnx`` on CUDA or with bf16/fp16 is a usage mistake."""
+    """(backend to try, reason). ``onnx`` or ``openvino`` on CUDA is a usage mistake;
+    ``auto`` never picks openvino (an explicit choice: fsq.classify.openvino_backend)."""
     if requested not in BACKENDS:
         raise ConfigError(f"backend {requested!r}: expected one of {', '.join(BACKENDS)}")
     if requested == "torch":
         return "torch", "requested"
-    if requested == "onnx":
+    if requested in ("onnx", "openvino"):
         if device.startswith("cuda"):
-            raise ConfigError("backend onnx runs on the CPU only; use --device cpu or "
+            raise ConfigError(f"backend {requested} runs on the CPU only; use --device cpu or "
                               "--backend torch")
-        return "onnx", "requested"
+        return requested, "requested"
     if device.startswith("cuda") or precision != "fp32":
         return "torch", f"auto: torch {precision} on {device}"
     return "onnx", "auto: fp32 on a CPU, ONNX Runtime if available"

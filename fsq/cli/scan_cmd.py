@@ -34,8 +34,9 @@ def classifier_options(f):
                           "`fsq model check`."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
                      help="Inference device [FSQ_DEVICE, auto]."),
-        click.option("--backend", type=click.Choice(["auto", "torch", "onnx"]),
-                     help="Image-tower runtime [FSQ_BACKEND, auto]; onnx needs fsq[onnx]."),
+        click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "openvino"]),
+                     help="Image-tower runtime [FSQ_BACKEND, auto]; onnx needs fsq[onnx], "
+                          "openvino fsq[openvino]."),
         click.option("--batch-size", type=int, help="Images per model batch [FSQ_BATCH_SIZE]."),
         click.option("--workers", type=int, help="Fetch/decode threads [FSQ_WORKERS]."),
         click.option("--threads", metavar="N|auto",
