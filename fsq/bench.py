@@ -606,9 +606,6 @@ def report(result: dict[str, Any]) -> str:
         from fsq.media import cost
         lines += ["", cost.format_report(result["decode_cost"])]
     t = targets(result["models"], result.get("rescan"))
-    if result.get("neighbour"):
-        from fsq import bench_threads
-        t += [x for x in [bench_threads.target_line(result["neighbour"])] if x]
     if t:
         lines += ["", "targets (issue 8, 2-core machine):"] + [f"  {x}" for x in t]
     if any(result.get(k) for k in ("variants", "animations", "rescore", "decode_cost",

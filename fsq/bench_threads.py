@@ -96,11 +96,3 @@ def report_lines(res: dict[str, Any]) -> list[str]:
             f"  --threads auto: {res['auto']['images_per_s']:.2f} images/s "
             f"({res['auto']['threads']} threads)",
             f"  auto / {label}: {res['ratio']:.2f}x"]
-
-
-def target_line(res: dict[str, Any]) -> str | None:
-    if res["model"] != "ViT-B-32" or res["neighbours"] != 1:
-        return None
-    ok = res["ratio"] >= 1.5
-    return (f"ViT-B-32 with one busy neighbour, auto >= 1.5x today's default: "
-            f"{'met' if ok else 'NOT met'} ({res['ratio']:.2f}x)")
