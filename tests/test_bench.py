@@ -221,3 +221,22 @@ def test_bench_threads_argument(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--threads", "lots"])
     assert exc.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_bench_backends_side_by_side(capsys):
+    """`python -m fsq.bench_backends`: each installed runtime on fsq's own export, its rate
+    per round against torch bf16 and its agreement with torch fp32 (tiny model: shape and
+    agreement, not speed)."""
+    from fsq import bench_backends
+    r = bench_backends.measure("tiny", images=4, rounds=2, batch=2, threads=1)
+    assert {"torch bf16", "torch fp32"} <= set(r["rates"])
+    for k, v in r["rates"].items():
+        assert len(v) == 2 and all(_sane_rate(x) for x in v), k
+    assert r["cosine"]["torch fp32"] == pytest.approx(1.0)
+    for k in ("OpenVINO fp32", "ONNX Runtime fp32"):
+        if k in r["cosine"]:
+            assert r["cosine"][k] > 0.99999, (k, r["cosine"][k])
+    assert r["cosine"]["torch bf16"] > 0.99
+    assert bench_backends.main(["--models", "tiny", "--images", "2", "--rounds", "1",
+                                "--batch-size", "2", "--threads", "1"]) == 0
+    assert "| OpenVINO bf16 |" in capsys.readouterr().out or r["missing"]
