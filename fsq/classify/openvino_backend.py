@@ -1,8 +1,9 @@
 """The OpenVINO backend for the image tower (``--backend openvino``, ``FSQ_BACKEND``).
 
 Why: on a CPU with bf16 units OpenVINO's bf16 kernels ran the image tower faster than torch
-bf16 (fsq's ``auto`` there): ViT-L-14 1.30-1.37x and ViT-B-32 1.14-1.28x, same process,
-interleaved rounds, random weights (docs/performance.md, "OpenVINO"). The text tower stays in
+bf16 (fsq's ``auto`` there): ViT-L-14 1.20-1.37x and ViT-B-32 1.05-1.28x over two runs, same
+process, interleaved rounds, random weights (docs/performance.md, "OpenVINO";
+``python -m fsq.bench_backends``). The text tower stays in
 torch (once per concept set, cached). It is an explicit choice: ``auto`` does not pick it.
 
 How, and what is guaranteed (the same scheme as fsq.classify.onnx_backend):
