@@ -30,7 +30,6 @@ import inspect
 import io
 import json
 import logging
-import math
 import os
 import re
 import socket
@@ -49,6 +48,7 @@ from fsq.classify.precision import detect_precision, resolve_device, resolve_pre
 from fsq.classify.rule import SEVERITY_SHIFT, Decision, decide
 from fsq.classify.similarity import similarities_of
 from fsq.errors import ConfigError, ExternalError
+from fsq.media.decode import fit_size
 
 try:  # the [clip] extra; everything else in fsq.classify works without it
     import torch
@@ -144,19 +144,9 @@ def _tcp_probe(host: str, port: int, timeout: float) -> str | None:
     return None if "ok" in result else f"{host}: {result.get('err', 'unreachable')}"
 
 
-def _shrink_size(w: int, h: int, box: int) -> tuple[int, int]:
-    """The size ``Image.thumbnail((box, box))`` would produce (same rounding), without copying."""
-    if w <= box and h <= box:
-        return w, h
-    aspect = w / h
-    x, y = box, box
-    if x / y >= aspect:
-        x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
-                    key=lambda n: abs(aspect - n / y)), 1)
-    else:
-        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
-                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
-    return x, y
+# The size ``Image.thumbnail((box, box))`` would produce (same rounding), without copying:
+# one rule shared with the decoder, which shrinks to the same box.
+_shrink_size = fit_size
 
 
 class ClipClassifier:
