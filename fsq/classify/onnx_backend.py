@@ -103,6 +103,35 @@ def _session(ort: Any, blob: bytes, threads: int) -> Any:
     return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def cached_graph(directory: Path, doc: dict[str, Any], what: str
+                 ) -> tuple[Path, Path, dict[str, Any] | None, bytes]:
+    """(graph path, sidecar path, the sidecar's record and the graph's bytes if the cached
+    graph may be used; else None and b"").
+
+    A recorded failed check raises (not retried at every start; the message says how to
+    retry). A graph file whose bytes do not match the sha256 recorded when it passed its
+    check (missing, damaged, swapped) gives None: export again. Only bytes that passed the
+    check are ever loaded."""
+    key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+    graph, meta = directory / f"{key}.onnx", directory / f"{key}.json"
+    info = _read_meta(meta, doc)
+    if info is None:
+        return graph, meta, None, b""
+    if not info.get("ok"):
+        raise BackendUnavailable(f"the {what} export of this checkpoint failed its check "
+                                 f"earlier ({info.get('reason')}); delete {meta} to retry")
+    try:
+        blob = graph.read_bytes()
+    except OSError:
+        blob = b""
+    # The caller loads these very bytes, never the file again (no swap after the check).
+    if hashlib.sha256(blob).hexdigest() == info.get("graph_sha256"):
+        return graph, meta, info, blob
+    log.warning("cached %s graph %s is missing or does not match its record; exporting "
+                "again", what, graph)
+    return graph, meta, None, b""
+
+
 def load_or_export(visual: Any, *, key_doc: dict[str, Any], cache_dir: Path,
                    image_size: tuple[int, int], mean: np.ndarray, std: np.ndarray,
                    threads: int, atomic_write: Any) -> OrtImageTower:
@@ -113,22 +142,10 @@ def load_or_export(visual: Any, *, key_doc: dict[str, Any], cache_dir: Path,
     import torch
     doc = {**key_doc, "format": _FORMAT, "torch": torch.__version__,
            "onnxruntime": ort.__version__, "min_cosine": MIN_COSINE}
-    key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
-    directory = cache_dir / "onnx"
-    graph, meta = directory / f"{key}.onnx", directory / f"{key}.json"
-    info = _read_meta(meta, doc)
-    if info is not None and not info.get("ok"):
-        raise BackendUnavailable(f"the ONNX export of this checkpoint failed its check "
-                                 f"earlier ({info.get('reason')}); delete {meta} to retry")
+    graph, meta, info, cached = cached_graph(cache_dir / "onnx", doc, "ONNX")
     if info is not None:
-        try:
-            blob = graph.read_bytes()
-        except OSError:
-            blob = b""
-        if hashlib.sha256(blob).hexdigest() == info.get("graph_sha256"):
-            return OrtImageTower(_session(ort, blob, threads), graph, float(info["cosine"]))
-        log.warning("cached ONNX graph %s is missing or does not match its record; "
-                    "exporting again", graph)
+        return OrtImageTower(_session(ort, cached, threads), graph, float(info["cosine"]))
+    directory = graph.parent
     blob = _export(visual, image_size)
     x = _check_inputs(image_size, mean, std)
     session = _session(ort, blob, threads)

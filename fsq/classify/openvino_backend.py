@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fsq.classify.onnx_backend import (MIN_COSINE, BackendUnavailable, _check_inputs,
-                                       _cosine, _export, _read_meta)
+                                       _cosine, _export, cached_graph)
 
 log = logging.getLogger("fsq.classify")
 
@@ -71,14 +71,15 @@ class OvImageTower:
         return np.asarray(out[self._output], dtype=np.float32)
 
 
-def _compile(ov: Any, graph: Path, precision: str, threads: int) -> Any:
+def _compile(ov: Any, blob: bytes, precision: str, threads: int) -> Any:
+    """Compile the ONNX graph from its bytes (the checked ones, never re-read from disk)."""
     core = ov.Core()
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
                               "PERFORMANCE_HINT": "LATENCY"}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     try:
-        return core.compile_model(core.read_model(str(graph)), "CPU", config)
+        return core.compile_model(core.read_model(blob), "CPU", config)
     except Exception as e:  # OpenVINO raises RuntimeError and its own types
         text = " ".join(str(e).split())[:200] or type(e).__name__
         raise BackendUnavailable(f"OpenVINO cannot compile the image tower ({text})") from None
@@ -107,28 +108,13 @@ def load_or_export(visual: Any, *, key_doc: dict[str, Any], cache_dir: Path,
     import torch
     doc = {**key_doc, "format": _FORMAT, "torch": torch.__version__,
            "openvino": ov.__version__, "precision": precision}
-    key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
-    directory = cache_dir / "openvino"
-    graph, meta = directory / f"{key}.onnx", directory / f"{key}.json"
-    info = _read_meta(meta, doc)
-    if info is not None and not info.get("ok"):
-        raise BackendUnavailable(f"the OpenVINO export of this checkpoint failed its check "
-                                 f"earlier ({info.get('reason')}); delete {meta} to retry")
+    graph, meta, info, cached = cached_graph(cache_dir / "openvino", doc, "OpenVINO")
     if info is not None:
-        try:
-            blob = graph.read_bytes()
-        except OSError:
-            blob = b""
-        # The graph is compiled from the file only once its bytes match the checked ones.
-        if hashlib.sha256(blob).hexdigest() == info.get("graph_sha256"):
-            return OvImageTower(_compile(ov, graph, precision, threads), graph,
-                                float(info["cosine"]), precision)
-        log.warning("cached OpenVINO graph %s is missing or does not match its record; "
-                    "exporting again", graph)
+        return OvImageTower(_compile(ov, cached, precision, threads), graph,
+                            float(info["cosine"]), precision)
+    directory = graph.parent
     blob = _export(visual, image_size)
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(graph, blob)
-    compiled = _compile(ov, graph, precision, threads)
+    compiled = _compile(ov, blob, precision, threads)
     x = _check_inputs(image_size, mean, std)
     with torch.inference_mode():
         ref = visual(torch.from_numpy(x)).float().numpy()
@@ -140,8 +126,8 @@ def load_or_export(visual: Any, *, key_doc: dict[str, Any], cache_dir: Path,
               "graph_sha256": hashlib.sha256(blob).hexdigest() if ok else None,
               "reason": None if ok else f"cosine {worst:.7f} < {need:.7f}"}
     try:
-        if not ok:
-            graph.unlink(missing_ok=True)
+        if ok:             # a graph that failed its check is never kept
+            atomic_write(graph, blob)
         atomic_write(meta, json.dumps(record, indent=1, sort_keys=True).encode())
     except OSError as e:
         log.warning("cannot write the OpenVINO cache under %s (%s); exporting again next "
