@@ -45,8 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 MODES = ("e2e", "model", "old", "int8", "ort-int8")
 DEFAULT_MODES = ("e2e", "model", "old")
@@ -205,6 +206,34 @@ def _settings(spec: dict[str, Any]):
         overrides["cache_dir"] = spec["cache_dir"]
     return load_settings({k: v for k, v in overrides.items() if v is not None},
                          environ={}, cwd=Path(spec["workdir"]))
+
+
+def remove_db(db: Path) -> None:
+    """A state database and its WAL files, so a pass starts from nothing."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+
+
+@contextmanager
+def dry_run_pass(settings: Any, what: str = "the benchmark scan") -> Iterator[tuple[Any, Any]]:
+    """One pass wired as `fsq scan --all --dry-run` wires it, with the model loaded before
+    the pass (the rate is the scan rate). Yields (state DB connection, summary) for the
+    caller's queries, then closes both; a pass with errors or unreadable files raises."""
+    from fsq.ledger.db import connect
+    from fsq.runtime import build_scanner
+    from fsq.sources.base import open_source
+    conn = connect(settings.db)
+    src = open_source(settings.source, settings)
+    try:
+        scanner = build_scanner(settings, conn, src, dry_run=True)
+        scanner.classifier  # noqa: B018 - loaded before the pass
+        s = scanner.run_pass()
+        if s.status != "finished" or s.errors or s.unreadable:
+            raise RuntimeError(f"{what} did not go cleanly: {s.to_json()}")
+        yield conn, s
+    finally:
+        src.close()
+        conn.close()
 
 
 def run_e2e(spec: dict[str, Any]) -> dict[str, Any]:

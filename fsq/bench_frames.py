@@ -100,23 +100,15 @@ def _settings(model: str, pretrained: str, db: Path, store: Path, frame_skip: fl
 def scan(model: str, pretrained: str, store: Path, workdir: Path, frame_skip: float | None,
          *, batch_size: int = 8, threads: int = 0) -> dict[str, Any]:
     """One dry-run pass over ``store`` (fresh database); frames classified and verdicts."""
-    from fsq.ledger.db import connect
-    from fsq.runtime import build_scanner
-    from fsq.sources.base import open_source
+    from fsq.bench import dry_run_pass, remove_db
     label = "default" if frame_skip is None else str(frame_skip)
     db = workdir / f"frames-{label}.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    remove_db(db)
     settings = _settings(model, pretrained, db, store, frame_skip, workdir, batch_size,
                          threads)
-    conn = connect(settings.db)
-    src = open_source(settings.source, settings)
-    try:
-        scanner = build_scanner(settings, conn, src, dry_run=True)
-        scanner.classifier  # loaded before the pass: the rate is the scan rate
-        s = scanner.run_pass()
-        verdicts: dict[str, Any] = {}
-        classified: list[int] = []
+    verdicts: dict[str, Any] = {}
+    classified: list[int] = []
+    with dry_run_pass(settings) as (conn, s):
         for r in conn.execute("SELECT o.key, v.outcome, v.method, v.reason, v.details "
                               "FROM objects o JOIN verdicts v ON v.id = o.verdict_id"):
             d = json.loads(r["details"] or "{}")
@@ -128,11 +120,6 @@ def scan(model: str, pretrained: str, store: Path, workdir: Path, frame_skip: fl
             verdicts[r["key"]] = (r["outcome"], r["method"], r["reason"],
                                   sorted(f["text"] for f in d.get("fired", [])),
                                   d.get("frame") if r["outcome"] == "flagged" else None)
-    finally:
-        src.close()
-        conn.close()
-    if s.status != "finished" or s.errors or s.unreadable:
-        raise RuntimeError(f"the benchmark scan did not go cleanly: {s.to_json()}")
     return {"frame_skip": settings.frame_skip, "files": s.scanned, "seconds": s.seconds,
             "files_per_s": s.scanned / s.seconds if s.seconds else 0.0,
             "frames_classified": sum(classified),

@@ -174,30 +174,17 @@ def seed_repo(url: str, items: list[tuple[str, str, list[tuple[str, str]]]]) -> 
 # --- the measurement ---------------------------------------------------------------------------
 
 def _pass(work: Path, store: Path, label: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    from fsq.bench import dry_run_pass, remove_db
     from fsq.config import load_settings
-    from fsq.ledger.db import connect
-    from fsq.runtime import build_scanner
-    from fsq.sources.base import open_source
     db = work / f"variants-{label}.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
+    remove_db(db)
     settings = load_settings({**overrides, "db": str(db), "source": f"file://{store}",
                               "device": "cpu", "log_level": "error"},
                              environ={}, cwd=work)
-    conn = connect(settings.db)
-    src = open_source(settings.source, settings)
-    try:
-        scanner = build_scanner(settings, conn, src, dry_run=True)
-        scanner.classifier  # loaded before the pass: the rate is the scan rate
-        s = scanner.run_pass()
+    with dry_run_pass(settings, "the variants benchmark scan") as (conn, s):
         outcomes = {r["key"]: (r["status"], r["method"]) for r in conn.execute(
             "SELECT o.key, o.status, v.method FROM objects o JOIN verdicts v "
             "ON v.id = o.verdict_id")}
-    finally:
-        src.close()
-        conn.close()
-    if s.status != "finished" or s.errors or s.unreadable:
-        raise RuntimeError(f"the variants benchmark scan did not go cleanly: {s.to_json()}")
     return {"objects": s.scanned, "classified": s.classified, "inherited": s.inherited,
             "seconds": s.seconds, "per_s": s.scanned / s.seconds, "outcomes": outcomes}
 
